@@ -1,0 +1,10 @@
+//! End-to-end test support for upgrade-controller.
+//!
+//! [`testenv`] runs a real control plane (etcd, kube-apiserver, Cluster API with in-memory
+//! machines) from binaries built by `tests/e2e/testenv/build.sh`; [`harness`] brings it up once
+//! per test run and hands tests a client; [`capi`] builds CAPI objects and checks rollouts by
+//! CAPI's own criteria.
+
+pub mod capi;
+pub mod harness;
+pub mod testenv;
