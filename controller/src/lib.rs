@@ -1,8 +1,16 @@
 //! upgrade-controller: a Cluster API extension that upgrades Kubernetes clusters on immutable
-//! infrastructure one minor at a time (see DESIGN.md).
+//! infrastructure one minor at a time (see README.md).
 //!
-//! The API types, planner, reconciler and binaries land with the upgrade engine (issue 3). This
-//! crate pins the dependency set of STYLE.md so every later change builds on the same versions.
+//! Layout follows a functional core and an imperative shell: [`version`] and [`plan`] are pure;
+//! the reconciler observes, plans, applies and writes status.
 
-/// The API group of this project's custom resources.
-pub const API_GROUP: &str = "upgrade.cpaas.io";
+pub mod api;
+pub mod capi;
+pub mod crd;
+pub mod decide;
+pub mod gate;
+pub mod plan;
+pub mod preview;
+pub mod reconcile;
+pub mod status;
+pub mod version;

@@ -1,7 +1,277 @@
-//! Infrastructure provider modules.
+//! Infrastructure provider modules (DOMAIN.md §3, §4).
 //!
-//! Each supported infrastructure (Huawei DCS, Huawei Cloud Stack, VMware vSphere, and CAPD for
-//! the end-to-end tests) gets one module behind one small trait: which machine template kind and
-//! field carries the OS image, how a template is cloned for a hop, whether an image is staged,
-//! and how much IP capacity a rollout needs (DOMAIN.md §4). The trait and modules land with the
-//! upgrade engine (issue 3); this crate exists so the workspace layout is fixed from the start.
+//! Every provider answers the same few questions behind [`Provider`]: which machine-template
+//! kinds it owns, where a template carries its OS image, and which fields a clone must drop.
+//! [`clone_template`] then builds the hop's new template from the one referenced today, under a
+//! deterministic name ([`clone_name`]), so a retried hop finds the template it already made.
+//! Adding a provider is one new module and one line in [`for_template_kind`].
+
+mod capd;
+mod dcs;
+mod hcs;
+mod vsphere;
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+
+use serde_json::{Map, Value, json};
+
+pub use capd::Capd;
+pub use dcs::Dcs;
+pub use hcs::Hcs;
+pub use vsphere::Vsphere;
+
+/// Annotation on a cloned template: the name of the first template of its line, so clones of
+/// clones keep short, predictable names.
+pub const TEMPLATE_BASE_ANNOTATION: &str = "upgrade.cpaas.io/template-base";
+/// Annotation on a cloned template: the OS image it was cloned for.
+pub const OS_IMAGE_ANNOTATION: &str = "upgrade.cpaas.io/os-image";
+/// Annotation on a cloned template: the Kubernetes version of the hop it was cloned for.
+pub const KUBERNETES_VERSION_ANNOTATION: &str = "upgrade.cpaas.io/kubernetes-version";
+
+/// Which image name of a matrix row a provider uses (`images.dcs`, ... or `osImageVersion`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImageKey {
+    Dcs,
+    Vsphere,
+    Hcs,
+    /// No provider-specific name (CAPD in tests): the row's osImageVersion.
+    Default,
+}
+
+/// Errors building a clone. All are problems with the source template's shape.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProviderError {
+    #[error("no provider module handles machine template kind {0:?}")]
+    UnknownKind(String),
+    #[error("{kind} {name} has no object at {path}; cannot set the image")]
+    MissingPath {
+        kind: String,
+        name: String,
+        path: String,
+    },
+    #[error("template has no metadata.name")]
+    Unnamed,
+}
+
+/// One infrastructure provider.
+pub trait Provider: Send + Sync + std::fmt::Debug {
+    /// Short name for logs and status (`dcs`, `vsphere`, `hcs`, `capd`).
+    fn name(&self) -> &'static str;
+    /// Machine template kinds (group `infrastructure.cluster.x-k8s.io`) this provider owns.
+    fn template_kinds(&self) -> &'static [&'static str];
+    /// Which of a matrix row's image names applies.
+    fn image_key(&self) -> ImageKey;
+    /// Writes `image` into a cloned template (`spec.template.spec.<field>` for real
+    /// providers).
+    fn set_image(&self, template: &mut Value, image: &str) -> Result<(), ProviderError>;
+    /// Reads the image a template uses, if the provider records one.
+    fn image_of(&self, template: &Value) -> Option<String>;
+    /// Paths under `spec.template.spec` that identify one machine and must not be copied.
+    fn per_machine_fields(&self) -> &'static [&'static str] {
+        &["providerID"]
+    }
+}
+
+static DCS: Dcs = Dcs;
+static HCS: Hcs = Hcs;
+static VSPHERE: Vsphere = Vsphere;
+static CAPD: Capd = Capd;
+
+/// The provider owning a machine template kind.
+pub fn for_template_kind(kind: &str) -> Result<&'static dyn Provider, ProviderError> {
+    let all: [&'static dyn Provider; 4] = [&DCS, &HCS, &VSPHERE, &CAPD];
+    all.into_iter()
+        .find(|p| p.template_kinds().contains(&kind))
+        .ok_or_else(|| ProviderError::UnknownKind(kind.to_string()))
+}
+
+/// Sets `value` at `path` under `root`, which must already hold every object on the way.
+pub(crate) fn set_at(root: &mut Value, path: &[&str], value: Value) -> Result<(), ProviderError> {
+    let missing = |root: &Value| ProviderError::MissingPath {
+        kind: root["kind"].as_str().unwrap_or("?").to_string(),
+        name: root["metadata"]["name"].as_str().unwrap_or("?").to_string(),
+        path: path.join("."),
+    };
+    let (last, parents) = path.split_last().expect("a non-empty path");
+    let mut cur = &mut *root;
+    for key in parents {
+        if !cur.get(*key).is_some_and(Value::is_object) {
+            let err = missing(&*root);
+            return Err(err);
+        }
+        cur = cur.get_mut(*key).expect("checked above");
+    }
+    cur.as_object_mut()
+        .expect("parents are objects")
+        .insert(last.to_string(), value);
+    Ok(())
+}
+
+/// The name of the template a hop clones from `source_name`: the line's base name plus the
+/// hop's Kubernetes version, e.g. `prod-a-cp-v1-33-7-4`. Deterministic, a valid DNS label
+/// (≤ 63 characters, shortened with a hash when needed), and unique per (line, version, image).
+pub fn clone_name(base: &str, kubernetes_version: &str, image: &str) -> String {
+    let version: String = kubernetes_version
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let mut hasher = DefaultHasher::new();
+    (base, kubernetes_version, image).hash(&mut hasher);
+    let hash = format!("{:08x}", hasher.finish() as u32);
+    let full = format!("{base}-{version}-{hash}");
+    if full.len() <= 63 {
+        return full;
+    }
+    let keep = 63 - version.len() - hash.len() - 2;
+    let base: String = base.chars().take(keep).collect();
+    format!("{}-{version}-{hash}", base.trim_end_matches('-'))
+}
+
+/// The base name of a template's line: its own annotation, or its name for an original.
+pub fn template_base(template: &Value) -> Result<String, ProviderError> {
+    if let Some(base) = template["metadata"]["annotations"][TEMPLATE_BASE_ANNOTATION].as_str() {
+        return Ok(base.to_string());
+    }
+    template["metadata"]["name"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or(ProviderError::Unnamed)
+}
+
+/// Builds the clone of `source` for a hop (DOMAIN.md §3): same kind and namespace, a new
+/// deterministic name, server-populated and per-machine fields dropped, the hop's image set,
+/// owned by the Cluster (`owner`, a full ownerReference), and annotated with where it came from.
+pub fn clone_template(
+    provider: &dyn Provider,
+    source: &Value,
+    kubernetes_version: &str,
+    image: &str,
+    owner: Value,
+) -> Result<Value, ProviderError> {
+    let base = template_base(source)?;
+    let name = clone_name(&base, kubernetes_version, image);
+    let mut clone = json!({
+        "apiVersion": source["apiVersion"],
+        "kind": source["kind"],
+        "metadata": {
+            "name": name,
+            "namespace": source["metadata"]["namespace"],
+            "ownerReferences": [owner],
+        },
+        "spec": source["spec"].clone(),
+    });
+    // Labels and annotations are carried over, except what kubectl and earlier clones put
+    // there; ours are set afresh.
+    if let Some(labels) = source["metadata"]["labels"].as_object() {
+        clone["metadata"]["labels"] = Value::Object(labels.clone());
+    }
+    let mut annotations: Map<String, Value> = source["metadata"]["annotations"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+    annotations.insert(TEMPLATE_BASE_ANNOTATION.into(), json!(base));
+    annotations.insert(OS_IMAGE_ANNOTATION.into(), json!(image));
+    annotations.insert(
+        KUBERNETES_VERSION_ANNOTATION.into(),
+        json!(kubernetes_version),
+    );
+    clone["metadata"]["annotations"] = Value::Object(annotations);
+    if let Some(spec) = clone["spec"]["template"]["spec"].as_object_mut() {
+        for field in provider.per_machine_fields() {
+            spec.remove(*field);
+        }
+    }
+    provider.set_image(&mut clone, image)?;
+    Ok(clone)
+}
+
+#[cfg(test)]
+pub(crate) mod testutil {
+    use serde_json::{Value, json};
+
+    /// Parses a YAML fixture.
+    pub fn yaml(s: &str) -> Value {
+        serde_yaml_ng::from_str(s).expect("fixture YAML")
+    }
+
+    pub fn owner() -> Value {
+        json!({
+            "apiVersion": "cluster.x-k8s.io/v1beta1", "kind": "Cluster", "name": "prod-a",
+            "uid": "5b0c2c8e-0000-4000-8000-000000000001",
+        })
+    }
+
+    /// What every clone must satisfy, whatever the provider.
+    pub fn assert_clean_clone(clone: &Value, source: &Value) {
+        let meta = &clone["metadata"];
+        for server_field in [
+            "resourceVersion",
+            "uid",
+            "generation",
+            "creationTimestamp",
+            "managedFields",
+        ] {
+            assert!(meta.get(server_field).is_none(), "{server_field} copied");
+        }
+        assert!(clone.get("status").is_none(), "status copied");
+        assert_eq!(meta["namespace"], source["metadata"]["namespace"]);
+        assert_eq!(clone["kind"], source["kind"]);
+        assert_eq!(meta["ownerReferences"][0]["kind"], "Cluster");
+        assert!(
+            meta["annotations"]
+                .get("kubectl.kubernetes.io/last-applied-configuration")
+                .is_none()
+        );
+        assert!(
+            clone["spec"]["template"]["spec"]
+                .get("providerID")
+                .is_none()
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clone_names_are_deterministic_short_and_distinct() {
+        let a = clone_name("prod-a-cp", "v1.33.7-4", "img-1");
+        assert_eq!(a, clone_name("prod-a-cp", "v1.33.7-4", "img-1"));
+        assert!(a.starts_with("prod-a-cp-v1-33-7-4-"), "{a}");
+        assert_ne!(
+            a,
+            clone_name("prod-a-cp", "v1.33.7-4", "img-2"),
+            "image is part of the identity"
+        );
+        assert_ne!(a, clone_name("prod-a-cp", "v1.34.5-3", "img-1"));
+        let long = clone_name(&"x".repeat(80), "v1.35.6-acp.1", "img");
+        assert!(long.len() <= 63, "{long}");
+        assert!(long.contains("-v1-35-6-acp-1-"));
+    }
+
+    #[test]
+    fn every_supported_kind_has_exactly_one_provider() {
+        for (kind, name) in [
+            ("DCSMachineTemplate", "dcs"),
+            ("HCSMachineTemplate", "hcs"),
+            ("VSphereMachineTemplate", "vsphere"),
+            ("DevMachineTemplate", "capd"),
+            ("DockerMachineTemplate", "capd"),
+        ] {
+            assert_eq!(for_template_kind(kind).unwrap().name(), name);
+        }
+        assert_eq!(
+            for_template_kind("AWSMachineTemplate").unwrap_err(),
+            ProviderError::UnknownKind("AWSMachineTemplate".into())
+        );
+    }
+}

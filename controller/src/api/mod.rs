@@ -1,0 +1,12 @@
+//! The `upgrade.cpaas.io/v1alpha1` API.
+
+mod matrix;
+mod upgrade_request;
+
+pub use matrix::*;
+/// Which of a row's image names a provider uses.
+pub use providers::ImageKey;
+pub use upgrade_request::*;
+
+/// The API group of this project's custom resources.
+pub const API_GROUP: &str = "upgrade.cpaas.io";

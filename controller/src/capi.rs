@@ -1,0 +1,259 @@
+//! The parts of Cluster API this controller reads and writes, as JSON (`DynamicObject`), with
+//! v1beta1 field paths (CAPI v1.10, what the platform runs; DOMAIN.md §5). No generated CAPI
+//! types: only the fields used here.
+
+use kube::core::{ApiResource, GroupVersionKind};
+use serde_json::{Value, json};
+
+pub const CLUSTER_GROUP: &str = "cluster.x-k8s.io";
+pub const CONTROLPLANE_GROUP: &str = "controlplane.cluster.x-k8s.io";
+pub const V1BETA1: &str = "v1beta1";
+/// Label CAPI puts on Machines and MachineDeployments naming their Cluster.
+pub const CLUSTER_NAME_LABEL: &str = "cluster.x-k8s.io/cluster-name";
+/// Label on control-plane Machines naming their KubeadmControlPlane.
+pub const CONTROL_PLANE_NAME_LABEL: &str = "cluster.x-k8s.io/control-plane-name";
+/// Label on worker Machines naming their MachineDeployment.
+pub const DEPLOYMENT_NAME_LABEL: &str = "cluster.x-k8s.io/deployment-name";
+/// KCP annotation: KCP neither validates CoreDNS migrations nor updates CoreDNS in the
+/// workload cluster. The platform's providers reconcile CoreDNS themselves, and its tags
+/// (`1.14.2-v4.3.4`, some older than the previous row's) are outside what KCP's
+/// corefile-migration library accepts (DOMAIN.md §5; CAPI v1.10
+/// controlplane/kubeadm/internal/webhooks/kubeadm_control_plane.go validateCoreDNSVersion).
+pub const SKIP_COREDNS_ANNOTATION: &str = "controlplane.cluster.x-k8s.io/skip-coredns";
+/// The kubelet patch file kubeadm applies on nodes of Kubernetes ≥ 1.35 (DOMAIN.md §3).
+pub const KUBELET_PATCH_PATH: &str = "/etc/kubernetes/patches/kubeletconfiguration0+strategic.json";
+
+fn resource(group: &str, kind: &str) -> ApiResource {
+    ApiResource::from_gvk(&GroupVersionKind::gvk(group, V1BETA1, kind))
+}
+
+pub fn cluster() -> ApiResource {
+    resource(CLUSTER_GROUP, "Cluster")
+}
+pub fn kubeadm_control_plane() -> ApiResource {
+    resource(CONTROLPLANE_GROUP, "KubeadmControlPlane")
+}
+pub fn machine_deployment() -> ApiResource {
+    resource(CLUSTER_GROUP, "MachineDeployment")
+}
+pub fn machine() -> ApiResource {
+    resource(CLUSTER_GROUP, "Machine")
+}
+
+/// The ApiResource of an object reference (`apiVersion` + `kind`).
+pub fn resource_of_ref(reference: &Value) -> Option<ApiResource> {
+    let api_version = reference["apiVersion"].as_str()?;
+    let kind = reference["kind"].as_str()?;
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    Some(ApiResource::from_gvk(&GroupVersionKind::gvk(
+        group, version, kind,
+    )))
+}
+
+/// KCP `spec.machineTemplate.infrastructureRef`.
+pub fn kcp_infrastructure_ref(kcp: &Value) -> &Value {
+    &kcp["spec"]["machineTemplate"]["infrastructureRef"]
+}
+
+/// MachineDeployment `spec.template.spec.infrastructureRef`.
+pub fn md_infrastructure_ref(md: &Value) -> &Value {
+    &md["spec"]["template"]["spec"]["infrastructureRef"]
+}
+
+/// MachineDeployment `spec.template.spec.bootstrap.configRef`.
+pub fn md_bootstrap_ref(md: &Value) -> &Value {
+    &md["spec"]["template"]["spec"]["bootstrap"]["configRef"]
+}
+
+pub fn kcp_version(kcp: &Value) -> Option<&str> {
+    kcp["spec"]["version"].as_str()
+}
+
+pub fn md_version(md: &Value) -> Option<&str> {
+    md["spec"]["template"]["spec"]["version"].as_str()
+}
+
+pub fn name(obj: &Value) -> &str {
+    obj["metadata"]["name"].as_str().unwrap_or("")
+}
+
+/// An ownerReference to `owner` (for cloned templates: owned by the Cluster, as CAPI's own
+/// clones are, so deleting the Cluster removes them).
+pub fn owner_reference(owner: &Value) -> Value {
+    json!({
+        "apiVersion": owner["apiVersion"],
+        "kind": owner["kind"],
+        "name": owner["metadata"]["name"],
+        "uid": owner["metadata"]["uid"],
+    })
+}
+
+/// A full object reference to `obj` (v1beta1 refs are atomic: every field is written).
+pub fn reference_to(obj: &Value) -> Value {
+    json!({
+        "apiVersion": obj["apiVersion"],
+        "kind": obj["kind"],
+        "name": obj["metadata"]["name"],
+        "namespace": obj["metadata"]["namespace"],
+    })
+}
+
+/// Whether Kubernetes `(major, minor)` needs the kubelet image-pull patch (≥ 1.35).
+pub fn needs_kubelet_patch(minor: (u64, u64)) -> bool {
+    minor >= (1, 35)
+}
+
+/// The kubelet patch file entry for `spec.kubeadmConfigSpec.files` / KubeadmConfig `files`.
+pub fn kubelet_patch_file() -> Value {
+    json!({
+        "path": KUBELET_PATCH_PATH,
+        "owner": "root:root",
+        "permissions": "0644",
+        "content": "{\n  \"imagePullCredentialsVerificationPolicy\": \"NeverVerify\"\n}\n",
+    })
+}
+
+/// `files` with the kubelet patch entry replacing any entry at its path. `files` is an atomic
+/// list for server-side apply, so the whole list is written.
+pub fn with_kubelet_patch(files: &Value) -> Value {
+    let mut out: Vec<Value> = files
+        .as_array()
+        .map(|fs| {
+            fs.iter()
+                .filter(|f| f["path"] != KUBELET_PATCH_PATH)
+                .cloned()
+                .collect()
+        })
+        .unwrap_or_default();
+    out.push(kubelet_patch_file());
+    Value::Array(out)
+}
+
+/// The partial KubeadmControlPlane for the hop's single server-side-apply write
+/// (DOMAIN.md §3): version, CoreDNS and etcd tags, the new infrastructure template, the
+/// skip-coredns annotation, and for ≥ 1.35 the kubelet patch file.
+pub fn kcp_apply(
+    kcp: &Value,
+    version: &str,
+    minor: (u64, u64),
+    core_dns_tag: &str,
+    etcd_tag: &str,
+    template_ref: Value,
+) -> Value {
+    let mut spec = json!({
+        "version": version,
+        "machineTemplate": {"infrastructureRef": template_ref},
+        "kubeadmConfigSpec": {"clusterConfiguration": {
+            "dns": {"imageTag": core_dns_tag},
+            "etcd": {"local": {"imageTag": etcd_tag}},
+        }},
+    });
+    if needs_kubelet_patch(minor) {
+        spec["kubeadmConfigSpec"]["files"] =
+            with_kubelet_patch(&kcp["spec"]["kubeadmConfigSpec"]["files"]);
+    }
+    json!({
+        "apiVersion": kcp["apiVersion"],
+        "kind": kcp["kind"],
+        "metadata": {
+            "name": kcp["metadata"]["name"],
+            "namespace": kcp["metadata"]["namespace"],
+            "annotations": {SKIP_COREDNS_ANNOTATION: ""},
+        },
+        "spec": spec,
+    })
+}
+
+/// The partial MachineDeployment for a hop's write: version and infrastructure template, and
+/// (≥ 1.35) the cloned bootstrap config template.
+pub fn md_apply(
+    md: &Value,
+    version: &str,
+    template_ref: Value,
+    bootstrap_ref: Option<Value>,
+) -> Value {
+    let mut template_spec = json!({
+        "version": version,
+        "infrastructureRef": template_ref,
+    });
+    if let Some(bootstrap) = bootstrap_ref {
+        template_spec["bootstrap"] = json!({"configRef": bootstrap});
+    }
+    json!({
+        "apiVersion": md["apiVersion"],
+        "kind": md["kind"],
+        "metadata": {"name": md["metadata"]["name"], "namespace": md["metadata"]["namespace"]},
+        "spec": {"template": {"spec": template_spec}},
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kcp() -> Value {
+        json!({
+            "apiVersion": "controlplane.cluster.x-k8s.io/v1beta1", "kind": "KubeadmControlPlane",
+            "metadata": {"name": "prod-a-cp", "namespace": "ns", "resourceVersion": "7"},
+            "spec": {"version": "v1.34.5-3", "replicas": 3, "kubeadmConfigSpec": {"files": [
+                {"path": "/etc/hosts.extra", "content": "x"},
+                {"path": KUBELET_PATCH_PATH, "content": "old"},
+            ]}},
+        })
+    }
+
+    #[test]
+    fn kcp_write_carries_exactly_the_hop_fields() {
+        let tref = json!({"apiVersion": "infrastructure.cluster.x-k8s.io/v1beta1", "kind": "DCSMachineTemplate", "name": "t2", "namespace": "ns"});
+        let w = kcp_apply(
+            &kcp(),
+            "v1.34.5-3",
+            (1, 34),
+            "1.14.2-v4.3.11",
+            "v3.5.28-260625",
+            tref.clone(),
+        );
+        assert_eq!(w["spec"]["version"], "v1.34.5-3");
+        assert_eq!(w["spec"]["machineTemplate"]["infrastructureRef"], tref);
+        assert_eq!(
+            w["spec"]["kubeadmConfigSpec"]["clusterConfiguration"]["dns"]["imageTag"],
+            "1.14.2-v4.3.11"
+        );
+        assert_eq!(
+            w["spec"]["kubeadmConfigSpec"]["clusterConfiguration"]["etcd"]["local"]["imageTag"],
+            "v3.5.28-260625"
+        );
+        assert_eq!(w["metadata"]["annotations"][SKIP_COREDNS_ANNOTATION], "");
+        assert!(
+            w["spec"].get("replicas").is_none(),
+            "fields we do not own are not sent"
+        );
+        assert!(w["metadata"].get("resourceVersion").is_none());
+        assert!(
+            w["spec"]["kubeadmConfigSpec"].get("files").is_none(),
+            "no kubelet patch below 1.35"
+        );
+    }
+
+    #[test]
+    fn from_1_35_the_kubelet_patch_file_is_added_once_and_other_files_kept() {
+        let w = kcp_apply(
+            &kcp(),
+            "v1.35.6-acp.1",
+            (1, 35),
+            "1.14.3-v4.4.6",
+            "v3.6.13-acp.0",
+            json!({}),
+        );
+        let files = w["spec"]["kubeadmConfigSpec"]["files"].as_array().unwrap();
+        assert_eq!(files.len(), 2);
+        assert_eq!(files[0]["path"], "/etc/hosts.extra");
+        assert_eq!(files[1]["path"], KUBELET_PATCH_PATH);
+        assert!(
+            files[1]["content"]
+                .as_str()
+                .unwrap()
+                .contains("\"imagePullCredentialsVerificationPolicy\": \"NeverVerify\"")
+        );
+    }
+}

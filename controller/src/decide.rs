@@ -1,0 +1,419 @@
+//! The phase machine: from what was observed and what status already records, the one next
+//! thing to do. Pure (the clock is passed in) and idempotent: the same observations give the
+//! same decision, so a restarted controller picks up exactly where it stopped.
+
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use serde_json::Value;
+
+use crate::api::{
+    OSSupportMatrix, PlanStep, PlanStepKind, StepState, TargetRow, UpgradeRequestSpec,
+    UpgradeRequestStatus,
+};
+use crate::capi;
+use crate::gate;
+use crate::plan::{self, CurrentVersions, PlanInput, PoolVersion, StepKind};
+use providers::ImageKey;
+
+/// Everything `decide` looks at, read from the API server (reads only).
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    pub cluster: Option<Value>,
+    pub kcp: Option<Value>,
+    /// The Cluster's MachineDeployments.
+    pub mds: Vec<Value>,
+    /// The Cluster's Machines.
+    pub machines: Vec<Value>,
+    pub matrix: Option<OSSupportMatrix>,
+}
+
+/// Why a request cannot go on; `reason` is the Stalled condition's reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stall {
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// The next thing to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// Nothing can proceed until a person acts.
+    Stall(Stall),
+    /// Record a (new) plan.
+    SetPlan {
+        steps: Vec<PlanStep>,
+        current: CurrentVersions,
+        target: TargetRow,
+    },
+    /// Every step has finished.
+    Succeeded,
+    /// spec.paused and at a step boundary.
+    Paused,
+    /// Carry out step `index`'s writes for these pools (all, for a control-plane step).
+    Start { index: usize, pools: Vec<String> },
+    /// Step `index` is complete by CAPI's criteria.
+    StepDone { index: usize },
+    /// A rollout is under way; check again on the next event or after `recheck`.
+    Wait {
+        index: usize,
+        recheck: SignedDuration,
+    },
+}
+
+/// The versions the cluster declares: KCP spec.version and each MD's template version.
+pub fn declared(obs: &Observed) -> Option<CurrentVersions> {
+    let kcp = obs.kcp.as_ref()?;
+    let mut pools: Vec<PoolVersion> = obs
+        .mds
+        .iter()
+        .map(|md| PoolVersion {
+            name: capi::name(md).to_string(),
+            version: capi::md_version(md).unwrap_or("").to_string(),
+        })
+        .collect();
+    pools.sort_by(|a, b| a.name.cmp(&b.name));
+    Some(CurrentVersions {
+        control_plane: capi::kcp_version(kcp).unwrap_or("").to_string(),
+        pools,
+    })
+}
+
+fn stall(reason: &'static str, message: impl Into<String>) -> Decision {
+    Decision::Stall(Stall {
+        reason,
+        message: message.into(),
+    })
+}
+
+/// Parses `45m`, `1h30m`, `90s`.
+pub fn parse_duration(s: &str) -> Option<SignedDuration> {
+    let mut total = 0i64;
+    let mut num = String::new();
+    for c in s.chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let n: i64 = num.parse().ok()?;
+        num.clear();
+        total += n * match c {
+            'h' => 3600,
+            'm' => 60,
+            's' => 1,
+            _ => return None,
+        };
+    }
+    (num.is_empty() && !s.is_empty()).then(|| SignedDuration::from_secs(total))
+}
+
+/// Which row image name the cluster's provider uses, from the KCP's infrastructure template.
+pub fn image_key(kcp: &Value) -> Result<ImageKey, Stall> {
+    let kind = capi::kcp_infrastructure_ref(kcp)["kind"]
+        .as_str()
+        .unwrap_or("");
+    providers::for_template_kind(kind)
+        .map(|p| p.image_key())
+        .map_err(|e| Stall {
+            reason: "UnsupportedProvider",
+            message: e.to_string(),
+        })
+}
+
+fn plan_error_reason(e: &plan::PlanError) -> &'static str {
+    use plan::PlanError::*;
+    match e {
+        InvalidTarget(_) => "InvalidTarget",
+        InvalidRow { .. } => "InvalidMatrix",
+        UnknownTarget { .. } => "UnknownTarget",
+        InvalidCurrent { .. } => "InvalidClusterVersion",
+        Downgrade { .. } => "Downgrade",
+        MajorChange { .. } => "UnsupportedPath",
+        MissingRow { .. } => "MissingMatrixRow",
+        PoolNewerThanControlPlane { .. } | PoolTooFarBehind { .. } => "VersionSkew",
+        NoRowForControlPlaneVersion { .. } => "MissingMatrixRow",
+    }
+}
+
+/// Plans from the declared versions, as status steps.
+fn fresh_plan(
+    spec: &UpgradeRequestSpec,
+    matrix: &OSSupportMatrix,
+    key: ImageKey,
+    current: &CurrentVersions,
+) -> Result<plan::Plan, Stall> {
+    plan::plan(
+        PlanInput {
+            rows: &matrix.spec.rows,
+            target: &spec.target_version,
+            strategy: spec.workers.strategy,
+            image_key: key,
+        },
+        current,
+    )
+    .map_err(|e| Stall {
+        reason: plan_error_reason(&e),
+        message: e.to_string(),
+    })
+}
+
+/// Status steps for a plan, all Pending.
+pub fn plan_steps(p: &plan::Plan) -> Vec<PlanStep> {
+    p.steps
+        .iter()
+        .enumerate()
+        .map(|(i, s)| PlanStep {
+            index: i as u32,
+            kind: match s.kind {
+                StepKind::ControlPlane => PlanStepKind::ControlPlane,
+                StepKind::Workers => PlanStepKind::Workers,
+            },
+            distribution_version: s.row.distribution_version.clone(),
+            kubernetes_version: s.row.kubernetes_version.clone(),
+            os_image: s.os_image.clone(),
+            pools: s.pools.clone(),
+            state: StepState::Pending,
+            started_at: None,
+            finished_at: None,
+            message: None,
+        })
+        .collect()
+}
+
+/// Same step ignoring bookkeeping (state, timestamps, index).
+fn same_step(a: &PlanStep, b: &PlanStep) -> bool {
+    a.kind == b.kind
+        && a.distribution_version == b.distribution_version
+        && a.kubernetes_version == b.kubernetes_version
+        && a.os_image == b.os_image
+        && a.pools == b.pools
+}
+
+fn machines_with(obs: &Observed, label: &str, value: &str) -> Vec<Value> {
+    obs.machines
+        .iter()
+        .filter(|m| m["metadata"]["labels"][label].as_str() == Some(value))
+        .cloned()
+        .collect()
+}
+
+/// What keeps pool `md` from being rolled out at `version` (empty = done).
+pub fn pool_pending(obs: &Observed, md: &Value, version: &str) -> Vec<String> {
+    let machines = machines_with(obs, capi::DEPLOYMENT_NAME_LABEL, capi::name(md));
+    gate::machine_deployment_pending(md, &machines, version)
+        .into_iter()
+        .map(|w| format!("{}: {w}", capi::name(md)))
+        .collect()
+}
+
+/// What keeps the control plane from being rolled out at `version` (empty = done).
+pub fn control_plane_pending(obs: &Observed, kcp: &Value, version: &str) -> Vec<String> {
+    let machines = machines_with(obs, capi::CONTROL_PLANE_NAME_LABEL, capi::name(kcp));
+    gate::control_plane_pending(kcp, &machines, version)
+}
+
+/// The next thing to do for a request with `spec` and `status` (whose `generation` is
+/// `generation`), given `obs`, at `now`.
+pub fn decide(
+    spec: &UpgradeRequestSpec,
+    generation: i64,
+    status: &UpgradeRequestStatus,
+    obs: &Observed,
+    now: Timestamp,
+) -> Decision {
+    let Some(cluster) = &obs.cluster else {
+        return stall(
+            "ClusterNotFound",
+            format!(
+                "Cluster {:?} does not exist in this namespace; set spec.clusterName to an existing Cluster",
+                spec.cluster_name
+            ),
+        );
+    };
+    let Some(kcp) = &obs.kcp else {
+        let cp_ref = &cluster["spec"]["controlPlaneRef"];
+        return stall(
+            "ControlPlaneNotFound",
+            format!(
+                "Cluster {} has no KubeadmControlPlane (controlPlaneRef: {cp_ref}); only kubeadm control planes are supported",
+                spec.cluster_name
+            ),
+        );
+    };
+    let Some(matrix) = &obs.matrix else {
+        return stall(
+            "MatrixNotFound",
+            format!(
+                "OSSupportMatrix {:?} does not exist; create it or set spec.matrixRef",
+                spec.matrix_ref
+            ),
+        );
+    };
+    let key = match image_key(kcp) {
+        Ok(k) => k,
+        Err(s) => return Decision::Stall(s),
+    };
+    let Some(current) = declared(obs) else {
+        unreachable!("kcp is present");
+    };
+
+    let in_progress = status.plan.iter().any(|s| s.state == StepState::InProgress);
+    let replan = status.plan.is_empty() || status.plan_generation != Some(generation);
+    if replan && !in_progress {
+        return match fresh_plan(spec, matrix, key, &current) {
+            Ok(p) => Decision::SetPlan {
+                steps: plan_steps(&p),
+                current,
+                target: TargetRow {
+                    distribution_version: p.target_row.distribution_version.clone(),
+                    kubernetes_version: p.target_row.kubernetes_version.clone(),
+                },
+            },
+            Err(s) => Decision::Stall(s),
+        };
+    }
+
+    let Some(index) = status
+        .plan
+        .iter()
+        .position(|s| s.state != StepState::Succeeded)
+    else {
+        return Decision::Succeeded;
+    };
+    let step = &status.plan[index];
+    match step.state {
+        StepState::Pending | StepState::Failed => {
+            if spec.paused {
+                return Decision::Paused;
+            }
+            // Before writing, the cluster must still be where the plan expects it: re-planning
+            // from what it declares gives the rest of the plan (or, when this step's writes
+            // already landed before a restart, the rest after it).
+            let remaining = &status.plan[index..];
+            let fresh = match fresh_plan(spec, matrix, key, &current) {
+                Ok(p) => plan_steps(&p),
+                Err(s) => return Decision::Stall(s),
+            };
+            let matches = |a: &[PlanStep], b: &[PlanStep]| {
+                a.len() == b.len() && a.iter().zip(b).all(|(x, y)| same_step(x, y))
+            };
+            let partial_workers = step.kind == PlanStepKind::Workers
+                && !fresh.is_empty()
+                && fresh[0].kind == PlanStepKind::Workers
+                && fresh[0].kubernetes_version == step.kubernetes_version
+                && fresh[0].pools.iter().all(|p| step.pools.contains(p))
+                && matches(&fresh[1..], &remaining[1..]);
+            if !(matches(&fresh, remaining) || matches(&fresh, &remaining[1..]) || partial_workers)
+            {
+                let describe = |steps: &[PlanStep]| {
+                    steps
+                        .iter()
+                        .map(|s| format!("{:?} {}", s.kind, s.kubernetes_version))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                return stall(
+                    "ClusterChangedOutside",
+                    format!(
+                        "the cluster's declared versions changed outside this request: the plan expects next [{}] but the cluster now needs [{}]; restore the versions or create a new UpgradeRequest",
+                        describe(remaining),
+                        describe(&fresh)
+                    ),
+                );
+            }
+            let pools = match step.kind {
+                PlanStepKind::ControlPlane => Vec::new(),
+                PlanStepKind::Workers => step
+                    .pools
+                    .iter()
+                    .take(spec.workers.max_concurrent_pools.max(1) as usize)
+                    .cloned()
+                    .collect(),
+            };
+            Decision::Start { index, pools }
+        }
+        StepState::InProgress => in_progress_step(spec, obs, kcp, index, step, now),
+        StepState::Succeeded => unreachable!("position() skipped succeeded steps"),
+    }
+}
+
+fn in_progress_step(
+    spec: &UpgradeRequestSpec,
+    obs: &Observed,
+    kcp: &Value,
+    index: usize,
+    step: &PlanStep,
+    now: Timestamp,
+) -> Decision {
+    let version = step.kubernetes_version.as_str();
+    let started = step.started_at.as_ref().map(|t| t.0).unwrap_or(now);
+    let elapsed = now.duration_since(started);
+    let (pending, timeout) = match step.kind {
+        PlanStepKind::ControlPlane => (
+            control_plane_pending(obs, kcp, version),
+            parse_duration(&spec.timeouts.control_plane),
+        ),
+        PlanStepKind::Workers => {
+            let mut pending = Vec::new();
+            let mut rolling = 0usize;
+            let mut waiting = Vec::new();
+            for pool in &step.pools {
+                let Some(md) = obs.mds.iter().find(|md| capi::name(md) == pool) else {
+                    return stall(
+                        "PoolNotFound",
+                        format!("MachineDeployment {pool} of this step no longer exists"),
+                    );
+                };
+                if capi::md_version(md) != Some(version) {
+                    waiting.push(pool.clone());
+                    continue;
+                }
+                let why = pool_pending(obs, md, version);
+                if !why.is_empty() {
+                    rolling += 1;
+                    pending.extend(why);
+                }
+            }
+            let capacity =
+                (spec.workers.max_concurrent_pools.max(1) as usize).saturating_sub(rolling);
+            if !waiting.is_empty() && capacity > 0 {
+                return Decision::Start {
+                    index,
+                    pools: waiting.into_iter().take(capacity).collect(),
+                };
+            }
+            pending.extend(
+                waiting
+                    .iter()
+                    .map(|p| format!("{p}: not started (waiting for a free slot)")),
+            );
+            let batches = step
+                .pools
+                .len()
+                .div_ceil(spec.workers.max_concurrent_pools.max(1) as usize)
+                as i32;
+            (
+                pending,
+                parse_duration(&spec.timeouts.worker_pool).map(|d| d * batches),
+            )
+        }
+    };
+    if pending.is_empty() {
+        return Decision::StepDone { index };
+    }
+    let timeout = timeout.unwrap_or(SignedDuration::from_hours(1));
+    if elapsed > timeout {
+        return stall(
+            "RolloutTimeout",
+            format!(
+                "step {index} ({:?} to {version}) has not finished after {}s (timeout {}s): {}",
+                step.kind,
+                elapsed.as_secs(),
+                timeout.as_secs(),
+                pending.join("; ")
+            ),
+        );
+    }
+    Decision::Wait {
+        index,
+        recheck: (timeout - elapsed).min(SignedDuration::from_secs(300)),
+    }
+}

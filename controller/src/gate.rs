@@ -1,0 +1,236 @@
+//! "Is this rollout done?" by Cluster API's own criteria (DOMAIN.md §5), never by a phase
+//! string. Pure functions over the objects as JSON, answering with the list of reasons the
+//! rollout is not done yet (empty = done), so a timeout can say exactly what is missing.
+//!
+//! Handles both API shapes: v1beta1 (`updatedReplicas`, `readyReplicas`, `availableReplicas`,
+//! `unavailableReplicas`) and v1beta2 (`upToDateReplicas`, `availableReplicas`, and
+//! `status.deprecated.v1beta1` counters).
+
+use serde_json::Value;
+
+fn int(v: &Value) -> Option<i64> {
+    v.as_i64()
+}
+
+fn condition_true(obj: &Value, type_: &str) -> bool {
+    obj["status"]["conditions"].as_array().is_some_and(|cs| {
+        cs.iter()
+            .any(|c| c["type"] == type_ && c["status"] == "True")
+    })
+}
+
+/// Replica counters of a KubeadmControlPlane or MachineDeployment: observedGeneration current,
+/// and every counter equal to `spec.replicas`, with no unavailable replicas.
+fn counters_pending(obj: &Value, kind: &str) -> Vec<String> {
+    let mut why = Vec::new();
+    let generation = int(&obj["metadata"]["generation"]).unwrap_or(0);
+    let observed = int(&obj["status"]["observedGeneration"]).unwrap_or(0);
+    if observed != generation {
+        why.push(format!(
+            "{kind} status.observedGeneration {observed} is behind metadata.generation {generation}"
+        ));
+    }
+    let want = int(&obj["spec"]["replicas"]).unwrap_or(1);
+    let status = &obj["status"];
+    let v1beta2 = obj["apiVersion"]
+        .as_str()
+        .is_some_and(|v| v.ends_with("/v1beta2"));
+    let mut counters: Vec<(&str, Option<i64>)> = vec![("replicas", int(&status["replicas"]))];
+    if v1beta2 {
+        counters.push(("upToDateReplicas", int(&status["upToDateReplicas"])));
+        counters.push(("readyReplicas", int(&status["readyReplicas"])));
+        counters.push(("availableReplicas", int(&status["availableReplicas"])));
+    } else {
+        counters.push(("updatedReplicas", int(&status["updatedReplicas"])));
+        counters.push(("readyReplicas", int(&status["readyReplicas"])));
+        if kind == "MachineDeployment" {
+            counters.push(("availableReplicas", int(&status["availableReplicas"])));
+        }
+    }
+    for (name, got) in counters {
+        let got = got.unwrap_or(0);
+        if got != want {
+            why.push(format!("{kind} status.{name} is {got}, want {want}"));
+        }
+    }
+    let unavailable = if v1beta2 {
+        int(&status["deprecated"]["v1beta1"]["unavailableReplicas"])
+    } else {
+        int(&status["unavailableReplicas"])
+    };
+    if let Some(n) = unavailable.filter(|n| *n != 0) {
+        why.push(format!("{kind} has {n} unavailable replicas"));
+    }
+    why
+}
+
+/// Machines: exactly `want` of them, none being deleted, each declaring `version`, with a
+/// healthy node whose kubelet (where the node reports one) runs `version`.
+fn machines_pending(machines: &[Value], version: &str, want: i64) -> Vec<String> {
+    let mut why = Vec::new();
+    if machines.len() as i64 != want {
+        why.push(format!("{} machines exist, want {want}", machines.len()));
+    }
+    for m in machines {
+        let name = m["metadata"]["name"].as_str().unwrap_or("?");
+        if !m["metadata"]["deletionTimestamp"].is_null() {
+            why.push(format!("machine {name} is being deleted"));
+            continue;
+        }
+        let declared = m["spec"]["version"].as_str().unwrap_or("");
+        if declared != version {
+            why.push(format!("machine {name} is at {declared}"));
+            continue;
+        }
+        let kubelet = m["status"]["nodeInfo"]["kubeletVersion"]
+            .as_str()
+            .unwrap_or("");
+        if !kubelet.is_empty() && kubelet != version {
+            why.push(format!("machine {name} node runs kubelet {kubelet}"));
+        }
+        if !condition_true(m, "NodeHealthy") {
+            why.push(format!("machine {name} node is not healthy yet"));
+        }
+    }
+    why
+}
+
+/// Why the KubeadmControlPlane `kcp` (with its `machines`) is not completely rolled out at
+/// `version`; empty when it is.
+pub fn control_plane_pending(kcp: &Value, machines: &[Value], version: &str) -> Vec<String> {
+    let mut why = counters_pending(kcp, "KubeadmControlPlane");
+    // v1beta1 status.version is the lowest version among the control-plane machines.
+    let status_version = kcp["status"]["version"].as_str().unwrap_or("");
+    if status_version != version {
+        why.push(format!(
+            "KubeadmControlPlane status.version is {status_version:?}, want {version}"
+        ));
+    }
+    let want = int(&kcp["spec"]["replicas"]).unwrap_or(1);
+    why.extend(machines_pending(machines, version, want));
+    why
+}
+
+/// Why the MachineDeployment `md` (with its `machines`) is not completely rolled out at
+/// `version`; empty when it is.
+pub fn machine_deployment_pending(md: &Value, machines: &[Value], version: &str) -> Vec<String> {
+    let mut why = counters_pending(md, "MachineDeployment");
+    let want = int(&md["spec"]["replicas"]).unwrap_or(1);
+    why.extend(machines_pending(machines, version, want));
+    why
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn machine(name: &str, version: &str, healthy: bool) -> Value {
+        json!({
+            "metadata": {"name": name},
+            "spec": {"version": version},
+            "status": {"conditions": [{"type": "NodeHealthy", "status": if healthy {"True"} else {"False"}}]},
+        })
+    }
+
+    fn kcp(generation: i64, observed: i64, counters: i64, version: &str) -> Value {
+        json!({
+            "apiVersion": "controlplane.cluster.x-k8s.io/v1beta1",
+            "metadata": {"generation": generation},
+            "spec": {"replicas": 3},
+            "status": {
+                "observedGeneration": observed, "replicas": counters, "updatedReplicas": counters,
+                "readyReplicas": counters, "unavailableReplicas": 3 - counters, "version": version,
+            },
+        })
+    }
+
+    #[test]
+    fn control_plane_done_only_when_every_criterion_holds() {
+        let v = "v1.32.11-2";
+        let ms = vec![
+            machine("a", v, true),
+            machine("b", v, true),
+            machine("c", v, true),
+        ];
+        assert!(control_plane_pending(&kcp(2, 2, 3, v), &ms, v).is_empty());
+
+        // Each criterion on its own keeps the gate closed.
+        assert!(
+            !control_plane_pending(&kcp(3, 2, 3, v), &ms, v).is_empty(),
+            "stale observedGeneration"
+        );
+        assert!(
+            !control_plane_pending(&kcp(2, 2, 2, v), &ms, v).is_empty(),
+            "a replica short"
+        );
+        assert!(
+            !control_plane_pending(&kcp(2, 2, 3, "v1.31.14-2"), &ms, v).is_empty(),
+            "status.version"
+        );
+        let mut unhealthy = ms.clone();
+        unhealthy[1] = machine("b", v, false);
+        assert!(!control_plane_pending(&kcp(2, 2, 3, v), &unhealthy, v).is_empty());
+        let mut old = ms.clone();
+        old[2] = machine("c", "v1.31.14-2", true);
+        let why = control_plane_pending(&kcp(2, 2, 3, v), &old, v);
+        assert_eq!(why, vec!["machine c is at v1.31.14-2".to_string()]);
+        let mut extra = ms.clone();
+        extra.push(machine("d", v, true));
+        assert!(
+            !control_plane_pending(&kcp(2, 2, 3, v), &extra, v).is_empty(),
+            "surge machine still there"
+        );
+        let mut deleting = ms.clone();
+        deleting[0]["metadata"]["deletionTimestamp"] = json!("2026-11-21T10:00:00Z");
+        assert!(!control_plane_pending(&kcp(2, 2, 3, v), &deleting, v).is_empty());
+    }
+
+    #[test]
+    fn a_running_phase_is_not_enough_for_a_machine_deployment() {
+        let v = "v1.32.11-2";
+        let md = json!({
+            "apiVersion": "cluster.x-k8s.io/v1beta1",
+            "metadata": {"generation": 4},
+            "spec": {"replicas": 2},
+            "status": {"phase": "Running", "observedGeneration": 4, "replicas": 2,
+                       "updatedReplicas": 1, "readyReplicas": 2, "availableReplicas": 2},
+        });
+        let ms = vec![machine("a", v, true), machine("b", "v1.31.14-2", true)];
+        let why = machine_deployment_pending(&md, &ms, v);
+        assert!(
+            why.iter().any(|w| w.contains("updatedReplicas is 1")),
+            "{why:?}"
+        );
+        assert!(why.iter().any(|w| w.contains("machine b is at")), "{why:?}");
+    }
+
+    #[test]
+    fn kubelet_version_is_checked_where_reported() {
+        let v = "v1.33.7-4";
+        let md = json!({
+            "apiVersion": "cluster.x-k8s.io/v1beta1",
+            "metadata": {"generation": 1}, "spec": {"replicas": 1},
+            "status": {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1,
+                       "readyReplicas": 1, "availableReplicas": 1},
+        });
+        let mut m = machine("a", v, true);
+        m["status"]["nodeInfo"] = json!({"kubeletVersion": "v1.32.11-2"});
+        assert!(!machine_deployment_pending(&md, &[m.clone()], v).is_empty());
+        m["status"]["nodeInfo"] = json!({"kubeletVersion": v});
+        assert!(machine_deployment_pending(&md, &[m], v).is_empty());
+    }
+
+    #[test]
+    fn v1beta2_counters_are_read_from_their_v1beta2_names() {
+        let v = "v1.33.7-4";
+        let md = json!({
+            "apiVersion": "cluster.x-k8s.io/v1beta2",
+            "metadata": {"generation": 1}, "spec": {"replicas": 1},
+            "status": {"observedGeneration": 1, "replicas": 1, "upToDateReplicas": 1,
+                       "readyReplicas": 1, "availableReplicas": 1,
+                       "deprecated": {"v1beta1": {"unavailableReplicas": 0}}},
+        });
+        assert!(machine_deployment_pending(&md, &[machine("a", v, true)], v).is_empty());
+    }
+}

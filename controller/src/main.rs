@@ -1,0 +1,175 @@
+//! `upgrade-controller`: `run` the controller, or preview a `plan`.
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use upgrade_controller::api::{OSSupportMatrix, UpgradeRequestSpec, WorkerStrategy};
+use upgrade_controller::decide::Observed;
+use upgrade_controller::{preview, reconcile};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Upgrades CAPI clusters on immutable infrastructure one Kubernetes minor at a time"
+)]
+struct Cli {
+    /// Log format.
+    #[arg(long, value_enum, default_value = "compact", global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Compact,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the controller against the cluster of the current kubeconfig (or in-cluster config).
+    Run,
+    /// Print the hop table for a cluster without changing anything.
+    Plan(PlanArgs),
+}
+
+#[derive(clap::Args)]
+struct PlanArgs {
+    /// Target Distribution Version (`4.3` or `4.3.1`).
+    #[arg(long)]
+    target: String,
+    /// Cluster name (live mode).
+    #[arg(long, required_unless_present = "objects")]
+    cluster: Option<String>,
+    /// Namespace of the cluster (live mode).
+    #[arg(short, long, default_value = "default")]
+    namespace: String,
+    /// OSSupportMatrix name (live mode) ...
+    #[arg(long, default_value = "default")]
+    matrix: String,
+    /// ... or a YAML file holding an OSSupportMatrix (file mode, or to override live mode).
+    #[arg(long)]
+    matrix_file: Option<PathBuf>,
+    /// YAML file with the cluster's KubeadmControlPlane and MachineDeployments (file mode).
+    #[arg(long, requires = "matrix_file")]
+    objects: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "every-hop")]
+    strategy: Strategy,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value = "table")]
+    output: Output,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Strategy {
+    EveryHop,
+    SkipLevel,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+fn read_yaml_docs(path: &PathBuf) -> anyhow::Result<Vec<serde_json::Value>> {
+    use serde::Deserialize;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut out = Vec::new();
+    for doc in serde_yaml_ng::Deserializer::from_str(&text) {
+        let v = serde_json::Value::deserialize(doc)
+            .with_context(|| format!("parsing {}", path.display()))?;
+        if !v.is_null() {
+            out.push(v);
+        }
+    }
+    Ok(out)
+}
+
+async fn plan(args: PlanArgs) -> anyhow::Result<()> {
+    let matrix_from_file = match &args.matrix_file {
+        Some(path) => {
+            let doc = read_yaml_docs(path)?
+                .into_iter()
+                .find(|d| d["kind"] == "OSSupportMatrix")
+                .with_context(|| format!("no OSSupportMatrix in {}", path.display()))?;
+            Some(serde_json::from_value::<OSSupportMatrix>(doc)?)
+        }
+        None => None,
+    };
+    let obs = match &args.objects {
+        Some(path) => {
+            let docs = read_yaml_docs(path)?;
+            Observed {
+                kcp: docs
+                    .iter()
+                    .find(|d| d["kind"] == "KubeadmControlPlane")
+                    .cloned(),
+                mds: docs
+                    .iter()
+                    .filter(|d| d["kind"] == "MachineDeployment")
+                    .cloned()
+                    .collect(),
+                matrix: matrix_from_file.clone(),
+                ..Observed::default()
+            }
+        }
+        None => {
+            let client = kube::Client::try_default().await?;
+            let spec: UpgradeRequestSpec = serde_json::from_value(serde_json::json!({
+                "clusterName": args.cluster.clone().unwrap_or_default(),
+                "targetVersion": args.target,
+                "matrixRef": args.matrix,
+            }))?;
+            let mut ur = upgrade_controller::api::UpgradeRequest::new("preview", spec);
+            ur.metadata.namespace = Some(args.namespace.clone());
+            let mut obs = reconcile::observe(&client, &ur).await?;
+            if obs.cluster.is_none() {
+                anyhow::bail!(
+                    "Cluster {}/{} not found",
+                    args.namespace,
+                    args.cluster.unwrap_or_default()
+                );
+            }
+            if matrix_from_file.is_some() {
+                obs.matrix = matrix_from_file.clone();
+            }
+            obs
+        }
+    };
+    let matrix = obs
+        .matrix
+        .clone()
+        .with_context(|| format!("OSSupportMatrix {:?} not found", args.matrix))?;
+    let strategy = match args.strategy {
+        Strategy::EveryHop => WorkerStrategy::EveryHop,
+        Strategy::SkipLevel => WorkerStrategy::SkipLevel,
+    };
+    let steps = preview::preview(&obs, &matrix.spec.rows, &args.target, strategy)?;
+    match args.output {
+        Output::Table => print!("{}", preview::table(&steps)),
+        Output::Json => println!("{}", serde_json::to_string_pretty(&steps)?),
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Compact => builder.compact().init(),
+        LogFormat::Json => builder.json().init(),
+    }
+    match cli.command {
+        Command::Run => reconcile::run(kube::Client::try_default().await?).await,
+        Command::Plan(args) => plan(args).await,
+    }
+}

@@ -1,0 +1,534 @@
+//! The imperative shell: observe (reads only) → decide (pure) → execute the decision's writes
+//! → one status write. Watches Clusters, KubeadmControlPlanes, MachineDeployments, Machines
+//! and matrices, so progress is driven by events rather than polling.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+use tracing::{info, instrument, warn};
+
+use crate::api::{
+    ClusterVersions, OSSupportMatrix, PlanStepKind, PoolStatus, StepState, UpgradeRequest,
+    UpgradeRequestStatus,
+};
+use crate::capi;
+use crate::decide::{self, Decision, Observed, Stall};
+use crate::status;
+
+/// Field manager of every write this controller makes to others' objects.
+pub const FIELD_MANAGER: &str = "upgrade.cpaas.io/controller";
+
+/// Errors that are worth a retry (API hiccups). Problems with specs or clusters are status.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("serialization: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+impl Error {
+    /// A static label for metrics and logs.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Kube(_) => "KubeApi",
+            Error::Json(_) => "Serialization",
+        }
+    }
+}
+
+pub struct Context {
+    pub client: Client,
+}
+
+fn not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
+}
+
+async fn get_opt(api: &Api<DynamicObject>, name: &str) -> Result<Option<Value>, Error> {
+    match api.get(name).await {
+        Ok(o) => Ok(Some(serde_json::to_value(o)?)),
+        Err(e) if not_found(&e) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Reads everything `decide` needs.
+pub async fn observe(client: &Client, ur: &UpgradeRequest) -> Result<Observed, Error> {
+    let ns = ur.namespace().unwrap_or_default();
+    let cluster_name = &ur.spec.cluster_name;
+    let ns_api = |ar: &kube::core::ApiResource| {
+        Api::<DynamicObject>::namespaced_with(client.clone(), &ns, ar)
+    };
+    let cluster = get_opt(&ns_api(&capi::cluster()), cluster_name).await?;
+    let mut obs = Observed {
+        cluster: cluster.clone(),
+        ..Observed::default()
+    };
+    obs.matrix = match Api::<OSSupportMatrix>::all(client.clone())
+        .get(&ur.spec.matrix_ref)
+        .await
+    {
+        Ok(m) => Some(m),
+        Err(e) if not_found(&e) => None,
+        Err(e) => return Err(e.into()),
+    };
+    let Some(cluster) = cluster else {
+        return Ok(obs);
+    };
+    let cp_ref = &cluster["spec"]["controlPlaneRef"];
+    if cp_ref["kind"] == "KubeadmControlPlane"
+        && let Some(name) = cp_ref["name"].as_str()
+    {
+        obs.kcp = get_opt(&ns_api(&capi::kubeadm_control_plane()), name).await?;
+    }
+    let mds = ns_api(&capi::machine_deployment())
+        .list(&ListParams::default())
+        .await?;
+    for md in mds.items {
+        let md = serde_json::to_value(md)?;
+        if md["spec"]["clusterName"].as_str() == Some(cluster_name) {
+            obs.mds.push(md);
+        }
+    }
+    let machines = ns_api(&capi::machine())
+        .list(
+            &ListParams::default().labels(&format!("{}={cluster_name}", capi::CLUSTER_NAME_LABEL)),
+        )
+        .await?;
+    for m in machines.items {
+        obs.machines.push(serde_json::to_value(m)?);
+    }
+    Ok(obs)
+}
+
+/// Gets or creates the hop's clone of the template `source_ref` points at. A clone that exists
+/// with another image is a conflict a person must resolve.
+async fn ensure_template_clone(
+    client: &Client,
+    ns: &str,
+    source_ref: &Value,
+    version: &str,
+    image: &str,
+    owner: &Value,
+) -> Result<Result<Value, Stall>, Error> {
+    let Some(ar) = capi::resource_of_ref(source_ref) else {
+        return Ok(Err(Stall {
+            reason: "TemplateNotFound",
+            message: format!("invalid infrastructure template reference {source_ref}"),
+        }));
+    };
+    let api = Api::<DynamicObject>::namespaced_with(client.clone(), ns, &ar);
+    let source_name = source_ref["name"].as_str().unwrap_or("");
+    let Some(source) = get_opt(&api, source_name).await? else {
+        return Ok(Err(Stall {
+            reason: "TemplateNotFound",
+            message: format!("{} {ns}/{source_name} does not exist", ar.kind),
+        }));
+    };
+    let provider = match providers::for_template_kind(&ar.kind) {
+        Ok(p) => p,
+        Err(e) => {
+            return Ok(Err(Stall {
+                reason: "UnsupportedProvider",
+                message: e.to_string(),
+            }));
+        }
+    };
+    // A source that already is this hop's clone (a retried step) is reused as is.
+    if source["metadata"]["annotations"][providers::KUBERNETES_VERSION_ANNOTATION] == version
+        && provider.image_of(&source).as_deref() == Some(image)
+    {
+        return Ok(Ok(capi::reference_to(&source)));
+    }
+    let clone = match providers::clone_template(
+        provider,
+        &source,
+        version,
+        image,
+        capi::owner_reference(owner),
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            return Ok(Err(Stall {
+                reason: "TemplateInvalid",
+                message: e.to_string(),
+            }));
+        }
+    };
+    let name = capi::name(&clone).to_string();
+    let existing = match get_opt(&api, &name).await? {
+        Some(existing) => existing,
+        None => {
+            let obj: DynamicObject = serde_json::from_value(clone)?;
+            info!(template = %name, kind = %ar.kind, "creating machine template for hop");
+            match api.create(&PostParams::default(), &obj).await {
+                Ok(o) => serde_json::to_value(o)?,
+                Err(kube::Error::Api(s)) if s.code == 409 => {
+                    get_opt(&api, &name).await?.unwrap_or_default()
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    };
+    if provider.image_of(&existing).as_deref() != Some(image) {
+        return Ok(Err(Stall {
+            reason: "TemplateConflict",
+            message: format!(
+                "{} {ns}/{name} exists but uses image {:?}, not {image}; delete it or fix the matrix",
+                ar.kind,
+                provider.image_of(&existing)
+            ),
+        }));
+    }
+    Ok(Ok(capi::reference_to(&existing)))
+}
+
+async fn apply(
+    client: &Client,
+    ar: &kube::core::ApiResource,
+    ns: &str,
+    obj: &Value,
+) -> Result<(), Error> {
+    let api = Api::<DynamicObject>::namespaced_with(client.clone(), ns, ar);
+    api.patch(
+        capi::name(obj),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(obj),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Carries out step `index`'s writes for `pools` (or the control plane).
+async fn execute(
+    client: &Client,
+    ur: &UpgradeRequest,
+    status: &UpgradeRequestStatus,
+    obs: &Observed,
+    index: usize,
+    pools: &[String],
+) -> Result<Result<(), Stall>, Error> {
+    let ns = ur.namespace().unwrap_or_default();
+    let step = &status.plan[index];
+    let (Some(cluster), Some(kcp), Some(matrix)) = (&obs.cluster, &obs.kcp, &obs.matrix) else {
+        unreachable!("decide only starts steps with a cluster, a KCP and a matrix");
+    };
+    let Some(row) = matrix
+        .spec
+        .rows
+        .iter()
+        .find(|r| r.distribution_version == step.distribution_version)
+    else {
+        return Ok(Err(Stall {
+            reason: "MissingMatrixRow",
+            message: format!(
+                "row {} left the matrix during the upgrade",
+                step.distribution_version
+            ),
+        }));
+    };
+    let version = step.kubernetes_version.as_str();
+    let minor = crate::version::KubeVersion::parse(version)
+        .map(|v| v.minor())
+        .unwrap_or((1, 0));
+    match step.kind {
+        PlanStepKind::ControlPlane => {
+            let tref = match ensure_template_clone(
+                client,
+                &ns,
+                capi::kcp_infrastructure_ref(kcp),
+                version,
+                &step.os_image,
+                cluster,
+            )
+            .await?
+            {
+                Ok(r) => r,
+                Err(s) => return Ok(Err(s)),
+            };
+            let write = capi::kcp_apply(
+                kcp,
+                version,
+                minor,
+                &row.core_dns_image_tag,
+                &row.etcd_image_tag,
+                tref,
+            );
+            info!(
+                kcp = capi::name(kcp),
+                version, "patching KubeadmControlPlane"
+            );
+            apply(client, &capi::kubeadm_control_plane(), &ns, &write).await?;
+        }
+        PlanStepKind::Workers => {
+            for pool in pools {
+                let Some(md) = obs.mds.iter().find(|m| capi::name(m) == pool) else {
+                    return Ok(Err(Stall {
+                        reason: "PoolNotFound",
+                        message: format!("MachineDeployment {pool} no longer exists"),
+                    }));
+                };
+                let tref = match ensure_template_clone(
+                    client,
+                    &ns,
+                    capi::md_infrastructure_ref(md),
+                    version,
+                    &step.os_image,
+                    cluster,
+                )
+                .await?
+                {
+                    Ok(r) => r,
+                    Err(s) => return Ok(Err(s)),
+                };
+                let bootstrap = if capi::needs_kubelet_patch(minor) {
+                    match ensure_bootstrap_clone(
+                        client,
+                        &ns,
+                        capi::md_bootstrap_ref(md),
+                        version,
+                        cluster,
+                    )
+                    .await?
+                    {
+                        Ok(r) => Some(r),
+                        Err(s) => return Ok(Err(s)),
+                    }
+                } else {
+                    None
+                };
+                let write = capi::md_apply(md, version, tref, bootstrap);
+                info!(pool, version, "patching MachineDeployment");
+                apply(client, &capi::machine_deployment(), &ns, &write).await?;
+            }
+        }
+    }
+    Ok(Ok(()))
+}
+
+/// For hops to ≥ 1.35: a KubeadmConfigTemplate clone whose nodes get the kubelet patch file
+/// (DOMAIN.md §3).
+async fn ensure_bootstrap_clone(
+    client: &Client,
+    ns: &str,
+    source_ref: &Value,
+    version: &str,
+    owner: &Value,
+) -> Result<Result<Value, Stall>, Error> {
+    let Some(ar) = capi::resource_of_ref(source_ref) else {
+        return Ok(Err(Stall {
+            reason: "TemplateNotFound",
+            message: format!("invalid bootstrap template reference {source_ref}"),
+        }));
+    };
+    let api = Api::<DynamicObject>::namespaced_with(client.clone(), ns, &ar);
+    let source_name = source_ref["name"].as_str().unwrap_or("");
+    let Some(source) = get_opt(&api, source_name).await? else {
+        return Ok(Err(Stall {
+            reason: "TemplateNotFound",
+            message: format!("{} {ns}/{source_name} does not exist", ar.kind),
+        }));
+    };
+    let base = providers::template_base(&source).unwrap_or_else(|_| source_name.to_string());
+    let name = providers::clone_name(&base, version, capi::KUBELET_PATCH_PATH);
+    if get_opt(&api, &name).await?.is_none() {
+        let mut spec = source["spec"].clone();
+        spec["template"]["spec"]["files"] =
+            capi::with_kubelet_patch(&spec["template"]["spec"]["files"]);
+        let clone = json!({
+            "apiVersion": source["apiVersion"], "kind": source["kind"],
+            "metadata": {
+                "name": name, "namespace": ns,
+                "ownerReferences": [capi::owner_reference(owner)],
+                "annotations": {providers::TEMPLATE_BASE_ANNOTATION: base, providers::KUBERNETES_VERSION_ANNOTATION: version},
+            },
+            "spec": spec,
+        });
+        let obj: DynamicObject = serde_json::from_value(clone)?;
+        match api.create(&PostParams::default(), &obj).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(Ok(
+        json!({"apiVersion": source["apiVersion"], "kind": source["kind"], "name": name, "namespace": ns}),
+    ))
+}
+
+#[instrument(skip_all, fields(request = %ur.name_any(), namespace = ur.namespace().unwrap_or_default()))]
+pub async fn reconcile(ur: Arc<UpgradeRequest>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let client = &ctx.client;
+    let obs = observe(client, &ur).await?;
+    let generation = ur.metadata.generation.unwrap_or(0);
+    let original = ur.status.clone().unwrap_or_default();
+    let mut status = original.clone();
+    let mut stall: Option<Stall> = None;
+    let mut requeue = Duration::from_secs(300);
+    let now = Timestamp::now();
+
+    // Each pass either finishes (break) or records progress that lets the next pass decide
+    // further; a plan of n steps needs at most n + 2 passes.
+    for _ in 0..status.plan.len().max(16) + 2 {
+        match decide::decide(&ur.spec, generation, &status, &obs, now) {
+            Decision::Stall(s) => {
+                stall = Some(s);
+                break;
+            }
+            Decision::SetPlan {
+                steps,
+                current,
+                target,
+            } => {
+                let n = steps.len();
+                status.plan = steps;
+                status.plan_generation = Some(generation);
+                status.current = Some(ClusterVersions {
+                    control_plane: current.control_plane,
+                    pools: current
+                        .pools
+                        .into_iter()
+                        .map(|p| PoolStatus {
+                            name: p.name,
+                            version: p.version,
+                        })
+                        .collect(),
+                });
+                status::push_history(
+                    &mut status,
+                    now,
+                    format!(
+                        "planned {n} steps to {} (Kubernetes {})",
+                        target.distribution_version, target.kubernetes_version
+                    ),
+                );
+                status.target = Some(target);
+            }
+            Decision::Succeeded | Decision::Paused => break,
+            Decision::Start { index, pools } => {
+                match execute(client, &ur, &status, &obs, index, &pools).await? {
+                    Ok(()) => {
+                        let step = &mut status.plan[index];
+                        if step.state != StepState::InProgress {
+                            step.state = StepState::InProgress;
+                            step.started_at.get_or_insert(Time(now));
+                            step.message = None;
+                            let msg = format!(
+                                "step {}: {:?} to Kubernetes {} started",
+                                index + 1,
+                                step.kind,
+                                step.kubernetes_version
+                            );
+                            status::push_history(&mut status, now, msg);
+                        }
+                        requeue = Duration::from_secs(30);
+                    }
+                    Err(s) => stall = Some(s),
+                }
+                break;
+            }
+            Decision::StepDone { index } => {
+                let step = &mut status.plan[index];
+                step.state = StepState::Succeeded;
+                step.finished_at = Some(Time(now));
+                let msg = format!(
+                    "step {}: {:?} to Kubernetes {} finished",
+                    index + 1,
+                    step.kind,
+                    step.kubernetes_version
+                );
+                info!("{msg}");
+                status::push_history(&mut status, now, msg);
+            }
+            Decision::Wait { recheck, .. } => {
+                requeue = Duration::from_secs(recheck.as_secs().clamp(1, 300) as u64);
+                break;
+            }
+        }
+    }
+    status::summarize(&mut status, stall.as_ref(), ur.spec.paused, generation, now);
+    if status != original {
+        let api: Api<UpgradeRequest> =
+            Api::namespaced(client.clone(), &ur.namespace().unwrap_or_default());
+        api.patch_status(
+            &ur.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": status})),
+        )
+        .await?;
+    }
+    if let Some(s) = &stall {
+        warn!(reason = s.reason, "stalled: {}", s.message);
+    }
+    Ok(Action::requeue(requeue))
+}
+
+fn error_policy(_ur: Arc<UpgradeRequest>, error: &Error, _ctx: Arc<Context>) -> Action {
+    warn!(reason = error.reason(), "reconcile failed: {error}");
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// Runs the controller until SIGTERM / Ctrl-C.
+pub async fn run(client: Client) -> anyhow::Result<()> {
+    let requests: Api<UpgradeRequest> = Api::all(client.clone());
+    let controller = Controller::new(requests, watcher::Config::default());
+    let store = controller.store();
+    // Any CAPI object change in a namespace re-evaluates that namespace's requests.
+    let in_namespace = move |obj: DynamicObject| {
+        let ns = obj.namespace();
+        store
+            .state()
+            .iter()
+            .filter(|ur| ur.namespace() == ns)
+            .map(|ur| ObjectRef::from_obj(ur.as_ref()))
+            .collect::<Vec<_>>()
+    };
+    let matrix_store = controller.store();
+    let by_matrix = move |m: OSSupportMatrix| {
+        let name = m.name_any();
+        matrix_store
+            .state()
+            .iter()
+            .filter(|ur| ur.spec.matrix_ref == name)
+            .map(|ur| ObjectRef::from_obj(ur.as_ref()))
+            .collect::<Vec<_>>()
+    };
+    let mut c = controller.watches(
+        Api::<OSSupportMatrix>::all(client.clone()),
+        watcher::Config::default(),
+        by_matrix,
+    );
+    for ar in [
+        capi::cluster(),
+        capi::kubeadm_control_plane(),
+        capi::machine_deployment(),
+        capi::machine(),
+    ] {
+        c = c.watches_with(
+            Api::<DynamicObject>::all_with(client.clone(), &ar),
+            ar.clone(),
+            watcher::Config::default(),
+            in_namespace.clone(),
+        );
+    }
+    info!("upgrade-controller started");
+    c.shutdown_on_signal()
+        .run(reconcile, error_policy, Arc::new(Context { client }))
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                warn!("reconcile: {e}");
+            }
+        })
+        .await;
+    Ok(())
+}
