@@ -319,6 +319,17 @@ pub fn decide(
                     ),
                 );
             }
+            // Workers only ever follow a control plane that has completely rolled out at
+            // their version, whatever the bookkeeping says.
+            if step.kind == PlanStepKind::Workers {
+                let cp_pending = control_plane_pending(obs, kcp, &step.kubernetes_version);
+                if !cp_pending.is_empty() {
+                    return Decision::Wait {
+                        index,
+                        recheck: SignedDuration::from_secs(30),
+                    };
+                }
+            }
             let pools = match step.kind {
                 PlanStepKind::ControlPlane => Vec::new(),
                 PlanStepKind::Workers => step

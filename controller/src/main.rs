@@ -30,7 +30,11 @@ enum LogFormat {
 #[derive(Subcommand)]
 enum Command {
     /// Run the controller against the cluster of the current kubeconfig (or in-cluster config).
-    Run,
+    Run {
+        /// Only handle UpgradeRequests (and watch CAPI objects) in this namespace.
+        #[arg(long)]
+        namespace: Option<String>,
+    },
     /// Print the hop table for a cluster without changing anything.
     Plan(PlanArgs),
 }
@@ -169,7 +173,9 @@ async fn main() -> anyhow::Result<()> {
         LogFormat::Json => builder.json().init(),
     }
     match cli.command {
-        Command::Run => reconcile::run(kube::Client::try_default().await?).await,
+        Command::Run { namespace } => {
+            reconcile::run(kube::Client::try_default().await?, namespace).await
+        }
         Command::Plan(args) => plan(args).await,
     }
 }

@@ -369,6 +369,16 @@ async fn ensure_bootstrap_clone(
 #[instrument(skip_all, fields(request = %ur.name_any(), namespace = ur.namespace().unwrap_or_default()))]
 pub async fn reconcile(ur: Arc<UpgradeRequest>, ctx: Arc<Context>) -> Result<Action, Error> {
     let client = &ctx.client;
+    // Decide from the stored status, never from the watch cache: the cache may not yet hold
+    // the status this controller wrote a moment ago, and deciding from an older one would
+    // re-plan or repeat a step.
+    let requests: Api<UpgradeRequest> =
+        Api::namespaced(client.clone(), &ur.namespace().unwrap_or_default());
+    let ur = match requests.get(&ur.name_any()).await {
+        Ok(fresh) => fresh,
+        Err(e) if not_found(&e) => return Ok(Action::await_change()),
+        Err(e) => return Err(e.into()),
+    };
     let obs = observe(client, &ur).await?;
     let generation = ur.metadata.generation.unwrap_or(0);
     let original = ur.status.clone().unwrap_or_default();
@@ -478,9 +488,12 @@ fn error_policy(_ur: Arc<UpgradeRequest>, error: &Error, _ctx: Arc<Context>) -> 
     Action::requeue(Duration::from_secs(5))
 }
 
-/// Runs the controller until SIGTERM / Ctrl-C.
-pub async fn run(client: Client) -> anyhow::Result<()> {
-    let requests: Api<UpgradeRequest> = Api::all(client.clone());
+/// Runs the controller until SIGTERM / Ctrl-C, for every namespace or only `namespace`.
+pub async fn run(client: Client, namespace: Option<String>) -> anyhow::Result<()> {
+    let requests: Api<UpgradeRequest> = match &namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
     let controller = Controller::new(requests, watcher::Config::default());
     let store = controller.store();
     // Any CAPI object change in a namespace re-evaluates that namespace's requests.
@@ -514,14 +527,21 @@ pub async fn run(client: Client) -> anyhow::Result<()> {
         capi::machine_deployment(),
         capi::machine(),
     ] {
+        let api = match &namespace {
+            Some(ns) => Api::<DynamicObject>::namespaced_with(client.clone(), ns, &ar),
+            None => Api::<DynamicObject>::all_with(client.clone(), &ar),
+        };
         c = c.watches_with(
-            Api::<DynamicObject>::all_with(client.clone(), &ar),
+            api,
             ar.clone(),
             watcher::Config::default(),
             in_namespace.clone(),
         );
     }
-    info!("upgrade-controller started");
+    info!(
+        namespace = namespace.as_deref().unwrap_or("*"),
+        "upgrade-controller started"
+    );
     c.shutdown_on_signal()
         .run(reconcile, error_policy, Arc::new(Context { client }))
         .for_each(|res| async move {

@@ -7,4 +7,5 @@
 
 pub mod capi;
 pub mod harness;
+pub mod project;
 pub mod testenv;

@@ -34,9 +34,13 @@ pub fn read_yaml_docs(path: &Path) -> Result<Vec<Value>> {
     Ok(docs)
 }
 
-/// Applies every CRD in `dir` (server-side apply) with the contract label and waits until all
-/// are Established.
-pub async fn install_crds(client: &kube::Client, dir: &Path) -> Result<Vec<String>> {
+/// Applies every CRD in `dir` (server-side apply), with CAPI's contract label when
+/// `contract_label`, and waits until all are Established.
+pub async fn install_crds(
+    client: &kube::Client,
+    dir: &Path,
+    contract_label: bool,
+) -> Result<Vec<String>> {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     let mut files: Vec<_> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -49,7 +53,9 @@ pub async fn install_crds(client: &kube::Client, dir: &Path) -> Result<Vec<Strin
             if doc["kind"] != "CustomResourceDefinition" {
                 continue;
             }
-            doc["metadata"]["labels"][CONTRACT_LABEL.0] = json!(CONTRACT_LABEL.1);
+            if contract_label {
+                doc["metadata"]["labels"][CONTRACT_LABEL.0] = json!(CONTRACT_LABEL.1);
+            }
             let crd: CustomResourceDefinition = serde_json::from_value(doc)
                 .with_context(|| format!("decoding CRD in {}", file.display()))?;
             let name = crd.metadata.name.clone().context("CRD without a name")?;
@@ -121,6 +127,16 @@ pub fn localize_webhooks(docs: Vec<Value>, provider: &str, port: u16, ca_pem: &s
         .collect()
 }
 
+/// The resource name of `kind` for the kinds applied here (`OSSupportMatrix` ->
+/// `ossupportmatrices`, `ValidatingWebhookConfiguration` -> `validatingwebhookconfigurations`).
+fn plural(kind: &str) -> String {
+    let lower = kind.to_ascii_lowercase();
+    match lower.strip_suffix("ix") {
+        Some(stem) => format!("{stem}ices"),
+        None => format!("{lower}s"),
+    }
+}
+
 /// Server-side applies cluster-scoped objects given as JSON (webhook configurations).
 pub async fn apply_cluster_scoped(client: &kube::Client, objects: &[Value]) -> Result<()> {
     for obj in objects {
@@ -129,7 +145,10 @@ pub async fn apply_cluster_scoped(client: &kube::Client, objects: &[Value]) -> R
             .context("object without apiVersion")?;
         let kind = obj["kind"].as_str().context("object without kind")?;
         let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
-        let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind));
+        let ar = ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk(group, version, kind),
+            &plural(kind),
+        );
         let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
         let name = obj["metadata"]["name"]
             .as_str()

@@ -23,7 +23,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
-pub use manifests::read_yaml_docs;
+pub use manifests::{apply_cluster_scoped, install_crds, read_yaml_docs};
 use process::Spec;
 
 /// The Cluster API managers, in start order, with the webhook manifest each serves.
@@ -391,7 +391,7 @@ fn start(cfg: &Config, build_dir: &Path) -> Result<Running> {
     let ca_pem = std::fs::read_to_string(&pki.ca_cert)?;
     let crd_dir = build_dir.join("manifests/crd");
     rt.block_on(async {
-        manifests::install_crds(&client, &crd_dir).await?;
+        manifests::install_crds(&client, &crd_dir, true).await?;
         for (i, (_, provider)) in MANAGERS.iter().enumerate() {
             let (webhook_port, _, _) = cfg.manager_ports(i as u16);
             let docs = read_yaml_docs(
