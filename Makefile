@@ -8,7 +8,12 @@ export UC_CACHE_DIR
 export CARGO_TARGET_DIR ?= $(UC_CACHE_DIR)/cargo-target
 TESTENV := cargo run --quiet --locked -p e2e --bin testenv --
 
-.PHONY: test lint testenv-build testenv-up testenv-down
+.PHONY: demo test lint testenv-build testenv-up testenv-down
+
+## demo: the main job end to end: a local control plane, an in-memory cluster at ACP 4.0
+## (Kubernetes 1.31), and upgrade-controller taking it to 4.3 one minor at a time.
+demo: testenv-build
+	cargo run --quiet --locked -p e2e --bin demo
 
 ## test: lint, build the test control plane, run every test (unit + e2e on the real control
 ## plane). Stops the control plane afterwards unless it was already running.

@@ -46,13 +46,13 @@ fn controller_binary() -> PathBuf {
         .status()
         .expect("running cargo build for the controller");
     assert!(status.success(), "building upgrade-controller failed");
-    // Integration tests live in <target>/debug/deps; binaries in <target>/debug.
+    // Binaries live in <target>/debug, integration tests one level down in debug/deps.
     let exe = std::env::current_exe().expect("test executable path");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join("upgrade-controller");
+    let mut dir = exe.parent().expect("executable directory");
+    if dir.ends_with("deps") {
+        dir = dir.parent().expect("target profile directory");
+    }
+    let bin = dir.join("upgrade-controller");
     assert!(
         bin.exists(),
         "{} not found after building it",

@@ -557,5 +557,14 @@ async fn invalid_requests_stall_with_their_reason_and_change_nothing() {
         "{err}"
     );
 
+    // CAPI only tears down an unpaused Cluster, so unpause it for the namespace to go away.
+    capi::api(&client, &ns, capi::CLUSTER_V1BETA1, "Cluster")
+        .patch(
+            "c41",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"paused": false}})),
+        )
+        .await
+        .unwrap();
     harness::delete_namespace(&client, &ns).await;
 }

@@ -1,0 +1,116 @@
+//! `make demo`: the main job end to end on the local test control plane. Brings the control
+//! plane up (or reuses it), creates an in-memory workload cluster at ACP 4.0 (Kubernetes
+//! v1.31.14-2: 3 control-plane machines, 2 pools of 2 workers), shows the plan to 4.3, then runs
+//! upgrade-controller and follows the UpgradeRequest until the cluster is at 4.3.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use e2e::capi;
+use e2e::harness;
+use e2e::project::{self, Controller};
+use kube::api::{Api, PostParams};
+use serde_json::json;
+use upgrade_controller::api::{Phase, UpgradeRequest, WorkerStrategy};
+use upgrade_controller::preview;
+
+const START: &str = "v1.31.14-2";
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let t0 = Instant::now();
+    let env = harness::env();
+    eprintln!(
+        "== test control plane at {} (KUBECONFIG={})",
+        env.server,
+        env.kubeconfig.display()
+    );
+    let client = harness::client().await;
+    project::install(&client).await;
+    let ns = harness::namespace(&client, "demo").await;
+
+    eprintln!(
+        "== creating in-memory cluster {ns}/demo at {START}: 3 control-plane machines, pools a and b with 2 workers each"
+    );
+    let objects =
+        capi::in_memory_cluster("demo", START, "v131", 3, &[("pool-a", 2), ("pool-b", 2)]);
+    capi::create_all(&client, &ns, &objects).await?;
+    let took = capi::wait_done("control plane", Duration::from_secs(300), || {
+        capi::kcp_rollout_pending(&client, &ns, "demo-cp", START)
+    })
+    .await?;
+    for pool in ["demo-pool-a", "demo-pool-b"] {
+        capi::wait_done(pool, Duration::from_secs(300), || {
+            capi::md_rollout_pending(&client, &ns, pool, START)
+        })
+        .await?;
+    }
+    eprintln!("   cluster running after {took:?}");
+
+    // The same preview `upgrade-controller plan --cluster demo -n <ns> --target 4.3` prints.
+    let ur: UpgradeRequest = serde_json::from_value(json!({
+        "apiVersion": "upgrade.cpaas.io/v1alpha1", "kind": "UpgradeRequest",
+        "metadata": {"name": "to-4-3", "namespace": ns},
+        "spec": {"clusterName": "demo", "targetVersion": "4.3", "workers": {"maxConcurrentPools": 2}},
+    }))?;
+    let obs = upgrade_controller::reconcile::observe(&client, &ur).await?;
+    let matrix = obs.matrix.clone().context("sample matrix missing")?;
+    let steps = preview::preview(&obs, &matrix.spec.rows, "4.3", WorkerStrategy::EveryHop)?;
+    eprintln!("== plan to 4.3:\n{}", preview::table(&steps));
+
+    Api::<UpgradeRequest>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &ur)
+        .await?;
+    let controller = Controller::start(&ns);
+    eprintln!(
+        "== upgrade-controller running (log: {})",
+        controller.log.display()
+    );
+    println!(
+        "{:<8} {:<10} {:<6} {:<7} MESSAGE",
+        "PHASE", "STEP", "READY", "ELAPSED"
+    );
+    let api = Api::<UpgradeRequest>::namespaced(client.clone(), &ns);
+    let started = Instant::now();
+    let mut last = String::new();
+    loop {
+        let ur = api.get("to-4-3").await?;
+        let status = ur.status.unwrap_or_default();
+        let ready = status.conditions.iter().find(|c| c.type_ == "Ready");
+        let line = format!(
+            "{:<8} {:<10} {:<6}",
+            status.phase.map(|p| format!("{p:?}")).unwrap_or_default(),
+            status.progress.clone().unwrap_or_default(),
+            ready.map(|c| c.status.clone()).unwrap_or_default(),
+        );
+        let message = ready.map(|c| c.message.clone()).unwrap_or_default();
+        if line.clone() + &message != last {
+            println!(
+                "{line} {:<7} {message}",
+                format!("{}s", started.elapsed().as_secs())
+            );
+            last = line + &message;
+        }
+        match status.phase {
+            Some(Phase::Succeeded) => break,
+            Some(Phase::Stalled) => bail!("the upgrade stalled: {message}"),
+            _ => {}
+        }
+        if started.elapsed() > Duration::from_secs(1200) {
+            bail!("the upgrade did not finish within 20 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eprintln!(
+        "== done in {:?} (whole demo {:?}). Inspect it with:",
+        started.elapsed(),
+        t0.elapsed()
+    );
+    eprintln!("   export KUBECONFIG={}", env.kubeconfig.display());
+    eprintln!(
+        "   {} get upgraderequests,kubeadmcontrolplanes,machinedeployments,machines -n {ns}",
+        env.kubectl().display()
+    );
+    eprintln!("   make testenv-down   # when finished");
+    Ok(())
+}
