@@ -428,3 +428,160 @@ fn in_progress_step(
         recheck: (timeout - elapsed).min(SignedDuration::from_secs(300)),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{MatrixRow, OSSupportMatrixSpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use serde_json::json;
+
+    fn row(dv: &str, k8s: &str) -> MatrixRow {
+        serde_json::from_value(json!({
+            "distributionVersion": dv, "kubernetesVersion": k8s, "coreDNSImageTag": "1.12.4",
+            "etcdImageTag": "v3.5.21", "osImageVersion": format!("img-{dv}"),
+        }))
+        .unwrap()
+    }
+
+    fn obs(cp: &str, pool: &str, cp_rolled: bool) -> Observed {
+        let kcp = json!({
+            "apiVersion": "controlplane.cluster.x-k8s.io/v1beta1", "kind": "KubeadmControlPlane",
+            "metadata": {"name": "c-cp", "generation": 2},
+            "spec": {"version": cp, "replicas": 1, "machineTemplate": {"infrastructureRef": {
+                "apiVersion": "infrastructure.cluster.x-k8s.io/v1beta1", "kind": "DevMachineTemplate", "name": "t"}}},
+            "status": {"observedGeneration": 2, "replicas": 1, "updatedReplicas": 1,
+                       "readyReplicas": if cp_rolled { 1 } else { 0 }, "unavailableReplicas": 0, "version": cp},
+        });
+        let machine = json!({
+            "metadata": {"name": "m", "labels": {"cluster.x-k8s.io/control-plane-name": "c-cp"}},
+            "spec": {"version": cp},
+            "status": {"conditions": [{"type": "NodeHealthy", "status": "True"}]},
+        });
+        Observed {
+            cluster: Some(json!({"metadata": {"name": "c"}})),
+            kcp: Some(kcp),
+            mds: vec![
+                json!({"metadata": {"name": "pool"}, "spec": {"template": {"spec": {"version": pool}}}}),
+            ],
+            machines: vec![machine],
+            matrix: Some(OSSupportMatrix::new(
+                "default",
+                OSSupportMatrixSpec {
+                    rows: vec![row("4.1.0", "v1.32.7"), row("4.2.0", "v1.33.7")],
+                },
+            )),
+        }
+    }
+
+    fn spec(paused: bool) -> UpgradeRequestSpec {
+        serde_json::from_value(
+            json!({"clusterName": "c", "targetVersion": "4.2", "paused": paused}),
+        )
+        .unwrap()
+    }
+
+    fn planned(o: &Observed, generation: i64) -> UpgradeRequestStatus {
+        let Decision::SetPlan { steps, .. } = decide(
+            &spec(false),
+            generation,
+            &UpgradeRequestStatus::default(),
+            o,
+            Timestamp::UNIX_EPOCH,
+        ) else {
+            panic!("expected a plan");
+        };
+        UpgradeRequestStatus {
+            plan: steps,
+            plan_generation: Some(generation),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn paused_stops_at_a_step_boundary_only() {
+        let o = obs("v1.32.7", "v1.32.7", true);
+        let status = planned(&o, 1);
+        assert_eq!(
+            decide(&spec(true), 1, &status, &o, Timestamp::UNIX_EPOCH),
+            Decision::Paused
+        );
+        assert!(matches!(
+            decide(&spec(false), 1, &status, &o, Timestamp::UNIX_EPOCH),
+            Decision::Start { index: 0, .. }
+        ));
+        // A step already under way is followed to its end even when paused.
+        let mut running = status.clone();
+        running.plan[0].state = StepState::InProgress;
+        running.plan[0].started_at = Some(Time(Timestamp::UNIX_EPOCH));
+        let o = obs("v1.33.7", "v1.32.7", false);
+        assert!(matches!(
+            decide(&spec(true), 1, &running, &o, Timestamp::UNIX_EPOCH),
+            Decision::Wait { index: 0, .. }
+        ));
+    }
+
+    #[test]
+    fn a_rollout_past_its_timeout_stalls_with_what_is_missing() {
+        let o = obs("v1.32.7", "v1.32.7", true);
+        let mut status = planned(&o, 1);
+        status.plan[0].state = StepState::InProgress;
+        status.plan[0].started_at = Some(Time(Timestamp::UNIX_EPOCH));
+        let rolling = obs("v1.33.7", "v1.32.7", false);
+        let later = Timestamp::UNIX_EPOCH + SignedDuration::from_mins(46);
+        let Decision::Stall(s) = decide(&spec(false), 1, &status, &rolling, later) else {
+            panic!("expected a stall");
+        };
+        assert_eq!(s.reason, "RolloutTimeout");
+        assert!(s.message.contains("readyReplicas is 0"), "{}", s.message);
+        // Once the rollout completes, the same request carries on by itself.
+        let done = obs("v1.33.7", "v1.32.7", true);
+        assert_eq!(
+            decide(&spec(false), 1, &status, &done, later),
+            Decision::StepDone { index: 0 }
+        );
+    }
+
+    #[test]
+    fn workers_never_start_before_the_control_plane_rollout_completes() {
+        let o = obs("v1.32.7", "v1.32.7", true);
+        let mut status = planned(&o, 1);
+        status.plan[0].state = StepState::Succeeded;
+        let rolling = obs("v1.33.7", "v1.32.7", false);
+        assert!(matches!(
+            decide(&spec(false), 1, &status, &rolling, Timestamp::UNIX_EPOCH),
+            Decision::Wait { index: 1, .. }
+        ));
+        let rolled = obs("v1.33.7", "v1.32.7", true);
+        assert_eq!(
+            decide(&spec(false), 1, &status, &rolled, Timestamp::UNIX_EPOCH),
+            Decision::Start {
+                index: 1,
+                pools: vec!["pool".into()]
+            }
+        );
+    }
+
+    #[test]
+    fn versions_changed_behind_the_plan_stall_instead_of_writing() {
+        let o = obs("v1.32.7", "v1.32.7", true);
+        let status = planned(&o, 1);
+        // Someone moved the pool by hand to a version the plan never chose.
+        let moved = obs("v1.32.7", "v1.31.3", true);
+        let Decision::Stall(s) = decide(&spec(false), 1, &status, &moved, Timestamp::UNIX_EPOCH)
+        else {
+            panic!("expected a stall");
+        };
+        assert_eq!(s.reason, "ClusterChangedOutside");
+    }
+
+    #[test]
+    fn durations_parse_like_go() {
+        assert_eq!(parse_duration("45m"), Some(SignedDuration::from_mins(45)));
+        assert_eq!(parse_duration("1h30m"), Some(SignedDuration::from_mins(90)));
+        assert_eq!(parse_duration("90s"), Some(SignedDuration::from_secs(90)));
+        assert_eq!(parse_duration(""), None);
+        assert_eq!(parse_duration("5"), None);
+        assert_eq!(parse_duration("5d"), None);
+    }
+}
