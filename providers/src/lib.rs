@@ -62,11 +62,25 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     fn template_kinds(&self) -> &'static [&'static str];
     /// Which of a matrix row's image names applies.
     fn image_key(&self) -> ImageKey;
-    /// Writes `image` into a cloned template (`spec.template.spec.<field>` for real
-    /// providers).
-    fn set_image(&self, template: &mut Value, image: &str) -> Result<(), ProviderError>;
+    /// The field under `spec.template.spec` that names the OS image, for providers that
+    /// have one fixed field.
+    fn image_field(&self) -> Option<&'static str> {
+        None
+    }
+    /// Writes `image` into a cloned template (by default into [`Provider::image_field`]).
+    fn set_image(&self, template: &mut Value, image: &str) -> Result<(), ProviderError> {
+        match self.image_field() {
+            Some(field) => set_at(template, &["spec", "template", "spec", field], json!(image)),
+            None => Ok(()),
+        }
+    }
     /// Reads the image a template uses, if the provider records one.
-    fn image_of(&self, template: &Value) -> Option<String>;
+    fn image_of(&self, template: &Value) -> Option<String> {
+        let field = self.image_field()?;
+        template["spec"]["template"]["spec"][field]
+            .as_str()
+            .map(str::to_string)
+    }
     /// Paths under `spec.template.spec` that identify one machine and must not be copied.
     fn per_machine_fields(&self) -> &'static [&'static str] {
         &["providerID"]
@@ -241,6 +255,56 @@ pub(crate) mod testutil {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::{assert_clean_clone, owner, yaml};
+
+    /// A provider with a fixed image field, cloned from its realistic fixture (checked against
+    /// the provider's CRD in alauda/immutable-infra-docs).
+    fn check_field_provider(provider: &dyn Provider, fixture: &str) {
+        let field = provider.image_field().expect("a fixed image field");
+        let source = yaml(fixture);
+        assert_eq!(
+            provider.image_of(&source).as_deref(),
+            Some("acp-4.1.6-kube-v1.32.11-2")
+        );
+        let image = "acp-4.2.5-kube-v1.33.7-4";
+        let clone = clone_template(provider, &source, "v1.33.7-4", image, owner()).unwrap();
+        assert_clean_clone(&clone, &source);
+        assert_eq!(clone["spec"]["template"]["spec"][field], image);
+        assert_eq!(provider.image_of(&clone).as_deref(), Some(image));
+        // Everything else of the machine shape is kept (the IP/config pool reference among
+        // it); only per-machine identity goes.
+        let mut expected = source["spec"].clone();
+        let spec = expected["template"]["spec"].as_object_mut().unwrap();
+        for f in provider.per_machine_fields() {
+            assert!(
+                clone["spec"]["template"]["spec"].get(*f).is_none(),
+                "{f} copied"
+            );
+            spec.remove(*f);
+        }
+        spec.insert(field.to_string(), json!(image));
+        assert_eq!(clone["spec"], expected);
+        assert_eq!(clone["metadata"]["labels"], source["metadata"]["labels"]);
+    }
+
+    #[test]
+    fn dcs_clone() {
+        check_field_provider(&Dcs, include_str!("fixtures/dcs-machine-template.yaml"));
+    }
+
+    #[test]
+    fn hcs_clone_also_drops_the_server_id() {
+        assert!(Hcs.per_machine_fields().contains(&"serverId"));
+        check_field_provider(&Hcs, include_str!("fixtures/hcs-machine-template.yaml"));
+    }
+
+    #[test]
+    fn vsphere_clone() {
+        check_field_provider(
+            &Vsphere,
+            include_str!("fixtures/vsphere-machine-template.yaml"),
+        );
+    }
 
     #[test]
     fn clone_names_are_deterministic_short_and_distinct() {

@@ -1,5 +1,5 @@
-//! Cluster API objects for the tests: API resources, an in-memory demo cluster, and CAPI's own
-//! "rollout complete" criteria (DOMAIN.md §5) with a readable account of what is not done yet.
+//! Cluster API objects for the tests: API resources, an in-memory demo cluster, and rollout
+//! checks by CAPI's own criteria (the controller's `gate` module, fed from the API).
 
 use std::time::{Duration, Instant};
 
@@ -163,78 +163,6 @@ pub async fn create_all(client: &kube::Client, ns: &str, objects: &[Value]) -> R
     Ok(())
 }
 
-fn int(v: &Value) -> i64 {
-    v.as_i64().unwrap_or(0)
-}
-
-fn condition_true(obj: &Value, type_: &str) -> bool {
-    obj["status"]["conditions"].as_array().is_some_and(|cs| {
-        cs.iter()
-            .any(|c| c["type"] == type_ && c["status"] == "True")
-    })
-}
-
-/// Why the replica counters of a KCP or MD (v1beta1) do not yet say "rollout complete":
-/// observedGeneration current, and spec.replicas == replicas == updatedReplicas ==
-/// readyReplicas (== availableReplicas for MDs) with no unavailable replicas.
-fn counters_pending(obj: &Value, with_available: bool) -> Vec<String> {
-    let mut why = Vec::new();
-    let generation = int(&obj["metadata"]["generation"]);
-    let observed = int(&obj["status"]["observedGeneration"]);
-    if observed != generation {
-        why.push(format!(
-            "observedGeneration {observed} != generation {generation}"
-        ));
-    }
-    let want = int(&obj["spec"]["replicas"]);
-    let mut fields = vec!["replicas", "updatedReplicas", "readyReplicas"];
-    if with_available {
-        fields.push("availableReplicas");
-    }
-    for field in fields {
-        let got = int(&obj["status"][field]);
-        if got != want {
-            why.push(format!("status.{field} {got} != spec.replicas {want}"));
-        }
-    }
-    let unavailable = int(&obj["status"]["unavailableReplicas"]);
-    if unavailable != 0 {
-        why.push(format!("status.unavailableReplicas {unavailable}"));
-    }
-    why
-}
-
-/// Why the given Machines are not all at `version` with a healthy node. The kubelet version is
-/// compared where the node reports one (CAPD's in-memory nodes report none).
-fn machines_pending(machines: &[DynamicObject], version: &str, want: i64) -> Vec<String> {
-    let mut why = Vec::new();
-    if machines.len() as i64 != want {
-        why.push(format!("{} machines, want {want}", machines.len()));
-    }
-    for m in machines {
-        let v = serde_json::to_value(m).unwrap_or_default();
-        let name = m.metadata.name.as_deref().unwrap_or("?");
-        if m.metadata.deletion_timestamp.is_some() {
-            why.push(format!("machine {name} is being deleted"));
-            continue;
-        }
-        let spec_version = v["spec"]["version"].as_str().unwrap_or("");
-        if spec_version != version {
-            why.push(format!("machine {name} spec.version {spec_version}"));
-        }
-        let kubelet = v["status"]["nodeInfo"]["kubeletVersion"]
-            .as_str()
-            .unwrap_or("");
-        if !kubelet.is_empty() && kubelet != version {
-            why.push(format!("machine {name} kubelet {kubelet}"));
-        }
-        if !condition_true(&v, "NodeHealthy") {
-            why.push(format!("machine {name} NodeHealthy is not True"));
-        }
-    }
-    why
-}
-
 /// What keeps the KubeadmControlPlane `name` from being completely rolled out at `version`
 /// (empty when it is done).
 pub async fn kcp_rollout_pending(
@@ -244,21 +172,25 @@ pub async fn kcp_rollout_pending(
     version: &str,
 ) -> Result<Vec<String>> {
     let kcp = serde_json::to_value(kcp_api(client, ns).get(name).await?)?;
-    let mut why = counters_pending(&kcp, false);
-    let status_version = kcp["status"]["version"].as_str().unwrap_or("");
-    if status_version != version {
-        why.push(format!("status.version {status_version:?}"));
-    }
-    let machines = machine_api(client, ns)
-        .list(&ListParams::default().labels(&format!("cluster.x-k8s.io/control-plane-name={name}")))
+    let machines = machines(
+        client,
+        ns,
+        &format!("cluster.x-k8s.io/control-plane-name={name}"),
+    )
+    .await?;
+    Ok(upgrade_controller::gate::control_plane_pending(
+        &kcp, &machines, version,
+    ))
+}
+
+async fn machines(client: &kube::Client, ns: &str, selector: &str) -> Result<Vec<Value>> {
+    machine_api(client, ns)
+        .list(&ListParams::default().labels(selector))
         .await?
-        .items;
-    why.extend(machines_pending(
-        &machines,
-        version,
-        int(&kcp["spec"]["replicas"]),
-    ));
-    Ok(why)
+        .items
+        .into_iter()
+        .map(|m| Ok(serde_json::to_value(m)?))
+        .collect()
 }
 
 /// What keeps the MachineDeployment `name` from being completely rolled out at `version`
@@ -270,17 +202,15 @@ pub async fn md_rollout_pending(
     version: &str,
 ) -> Result<Vec<String>> {
     let md = serde_json::to_value(md_api(client, ns).get(name).await?)?;
-    let mut why = counters_pending(&md, true);
-    let machines = machine_api(client, ns)
-        .list(&ListParams::default().labels(&format!("cluster.x-k8s.io/deployment-name={name}")))
-        .await?
-        .items;
-    why.extend(machines_pending(
-        &machines,
-        version,
-        int(&md["spec"]["replicas"]),
-    ));
-    Ok(why)
+    let machines = machines(
+        client,
+        ns,
+        &format!("cluster.x-k8s.io/deployment-name={name}"),
+    )
+    .await?;
+    Ok(upgrade_controller::gate::machine_deployment_pending(
+        &md, &machines, version,
+    ))
 }
 
 /// Polls `pending` until it returns nothing, failing with its last answer after `timeout`.
