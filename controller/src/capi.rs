@@ -1,6 +1,7 @@
-//! The parts of Cluster API this controller reads and writes, as JSON (`DynamicObject`), with
-//! v1beta1 field paths (CAPI v1.10, what the platform runs; DOMAIN.md §5). No generated CAPI
-//! types: only the fields used here.
+//! The parts of Cluster API this controller reads and writes, as JSON (`DynamicObject`). No
+//! generated CAPI types: only the fields used here, in both API shapes — v1beta1 (CAPI v1.10,
+//! what the platform runs) and v1beta2 (stored from v1.11; DOMAIN.md §5) — chosen by each
+//! object's own apiVersion.
 
 use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::{Value, json};
@@ -8,6 +9,7 @@ use serde_json::{Value, json};
 pub const CLUSTER_GROUP: &str = "cluster.x-k8s.io";
 pub const CONTROLPLANE_GROUP: &str = "controlplane.cluster.x-k8s.io";
 pub const V1BETA1: &str = "v1beta1";
+pub const V1BETA2: &str = "v1beta2";
 /// Label CAPI puts on Machines and MachineDeployments naming their Cluster.
 pub const CLUSTER_NAME_LABEL: &str = "cluster.x-k8s.io/cluster-name";
 /// Label on control-plane Machines naming their KubeadmControlPlane.
@@ -23,36 +25,67 @@ pub const SKIP_COREDNS_ANNOTATION: &str = "controlplane.cluster.x-k8s.io/skip-co
 /// The kubelet patch file kubeadm applies on nodes of Kubernetes ≥ 1.35 (DOMAIN.md §3).
 pub const KUBELET_PATCH_PATH: &str = "/etc/kubernetes/patches/kubeletconfiguration0+strategic.json";
 
-fn resource(group: &str, kind: &str) -> ApiResource {
-    ApiResource::from_gvk(&GroupVersionKind::gvk(group, V1BETA1, kind))
+/// Which CAPI API version this controller reads and writes (`--capi-api-version`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ApiVersion {
+    #[default]
+    V1beta1,
+    V1beta2,
 }
 
-pub fn cluster() -> ApiResource {
-    resource(CLUSTER_GROUP, "Cluster")
-}
-pub fn kubeadm_control_plane() -> ApiResource {
-    resource(CONTROLPLANE_GROUP, "KubeadmControlPlane")
-}
-pub fn machine_deployment() -> ApiResource {
-    resource(CLUSTER_GROUP, "MachineDeployment")
-}
-pub fn machine() -> ApiResource {
-    resource(CLUSTER_GROUP, "Machine")
+impl ApiVersion {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiVersion::V1beta1 => V1BETA1,
+            ApiVersion::V1beta2 => V1BETA2,
+        }
+    }
+
+    fn resource(self, group: &str, kind: &str) -> ApiResource {
+        ApiResource::from_gvk(&GroupVersionKind::gvk(group, self.as_str(), kind))
+    }
+
+    pub fn cluster(self) -> ApiResource {
+        self.resource(CLUSTER_GROUP, "Cluster")
+    }
+    pub fn kubeadm_control_plane(self) -> ApiResource {
+        self.resource(CONTROLPLANE_GROUP, "KubeadmControlPlane")
+    }
+    pub fn machine_deployment(self) -> ApiResource {
+        self.resource(CLUSTER_GROUP, "MachineDeployment")
+    }
+    pub fn machine(self) -> ApiResource {
+        self.resource(CLUSTER_GROUP, "Machine")
+    }
 }
 
-/// The ApiResource of an object reference (`apiVersion` + `kind`).
-pub fn resource_of_ref(reference: &Value) -> Option<ApiResource> {
-    let api_version = reference["apiVersion"].as_str()?;
-    let kind = reference["kind"].as_str()?;
-    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
-    Some(ApiResource::from_gvk(&GroupVersionKind::gvk(
-        group, version, kind,
-    )))
+/// Whether `obj` is in the v1beta2 shape.
+pub fn is_v1beta2(obj: &Value) -> bool {
+    obj["apiVersion"]
+        .as_str()
+        .is_some_and(|v| v.ends_with("/v1beta2"))
 }
 
-/// KCP `spec.machineTemplate.infrastructureRef`.
+/// `(group, version if the reference names one, kind)` of a v1beta1 reference (`apiVersion`)
+/// or a v1beta2 one (`apiGroup`, the version being the provider's contract version).
+pub fn ref_group_kind(reference: &Value) -> Option<(String, Option<String>, String)> {
+    let kind = reference["kind"].as_str()?.to_string();
+    if let Some(api_version) = reference["apiVersion"].as_str() {
+        let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+        return Some((group.to_string(), Some(version.to_string()), kind));
+    }
+    let group = reference["apiGroup"].as_str()?.to_string();
+    Some((group, None, kind))
+}
+
+/// KCP `spec.machineTemplate.infrastructureRef` (v1beta2:
+/// `spec.machineTemplate.spec.infrastructureRef`).
 pub fn kcp_infrastructure_ref(kcp: &Value) -> &Value {
-    &kcp["spec"]["machineTemplate"]["infrastructureRef"]
+    if is_v1beta2(kcp) {
+        &kcp["spec"]["machineTemplate"]["spec"]["infrastructureRef"]
+    } else {
+        &kcp["spec"]["machineTemplate"]["infrastructureRef"]
+    }
 }
 
 /// MachineDeployment `spec.template.spec.infrastructureRef`.
@@ -88,8 +121,18 @@ pub fn owner_reference(owner: &Value) -> Value {
     })
 }
 
-/// A full object reference to `obj` (v1beta1 refs are atomic: every field is written).
-pub fn reference_to(obj: &Value) -> Value {
+/// A reference to `obj` in the shape of the object that will hold it: v1beta1 references are
+/// full (and atomic for server-side apply: every field is written); v1beta2 references are
+/// `{apiGroup, kind, name}`.
+pub fn reference_to(obj: &Value, v1beta2_holder: bool) -> Value {
+    if v1beta2_holder {
+        let group = obj["apiVersion"]
+            .as_str()
+            .and_then(|v| v.rsplit_once('/'))
+            .map(|(g, _)| g)
+            .unwrap_or("");
+        return json!({"apiGroup": group, "kind": obj["kind"], "name": obj["metadata"]["name"]});
+    }
     json!({
         "apiVersion": obj["apiVersion"],
         "kind": obj["kind"],
@@ -140,9 +183,14 @@ pub fn kcp_apply(
     etcd_tag: &str,
     template_ref: Value,
 ) -> Value {
+    let machine_template = if is_v1beta2(kcp) {
+        json!({"spec": {"infrastructureRef": template_ref}})
+    } else {
+        json!({"infrastructureRef": template_ref})
+    };
     let mut spec = json!({
         "version": version,
-        "machineTemplate": {"infrastructureRef": template_ref},
+        "machineTemplate": machine_template,
         "kubeadmConfigSpec": {"clusterConfiguration": {
             "dns": {"imageTag": core_dns_tag},
             "etcd": {"local": {"imageTag": etcd_tag}},
@@ -232,6 +280,60 @@ mod tests {
         assert!(
             w["spec"]["kubeadmConfigSpec"].get("files").is_none(),
             "no kubelet patch below 1.35"
+        );
+    }
+
+    #[test]
+    fn v1beta2_shapes_use_their_own_paths_and_references() {
+        let mut k = kcp();
+        k["apiVersion"] = json!("controlplane.cluster.x-k8s.io/v1beta2");
+        k["spec"]["machineTemplate"] = json!({"spec": {"infrastructureRef": {
+            "apiGroup": "infrastructure.cluster.x-k8s.io", "kind": "DCSMachineTemplate", "name": "t1"}}});
+        assert_eq!(kcp_infrastructure_ref(&k)["name"], "t1");
+        assert_eq!(
+            ref_group_kind(kcp_infrastructure_ref(&k)),
+            Some((
+                "infrastructure.cluster.x-k8s.io".into(),
+                None,
+                "DCSMachineTemplate".into()
+            ))
+        );
+        let template = json!({"apiVersion": "infrastructure.cluster.x-k8s.io/v1beta1", "kind": "DCSMachineTemplate",
+                              "metadata": {"name": "t2", "namespace": "ns"}});
+        let tref = reference_to(&template, true);
+        assert_eq!(
+            tref,
+            json!({"apiGroup": "infrastructure.cluster.x-k8s.io", "kind": "DCSMachineTemplate", "name": "t2"})
+        );
+        let w = kcp_apply(
+            &k,
+            "v1.34.5-3",
+            (1, 34),
+            "1.14.2-v4.3.11",
+            "v3.5.28-260625",
+            tref.clone(),
+        );
+        assert_eq!(
+            w["spec"]["machineTemplate"]["spec"]["infrastructureRef"],
+            tref
+        );
+        assert!(
+            w["spec"]["machineTemplate"]
+                .get("infrastructureRef")
+                .is_none()
+        );
+        // v1beta1 keeps the full, atomic reference.
+        assert_eq!(
+            reference_to(&template, false)["apiVersion"],
+            "infrastructure.cluster.x-k8s.io/v1beta1"
+        );
+        assert_eq!(
+            ref_group_kind(&reference_to(&template, false)),
+            Some((
+                "infrastructure.cluster.x-k8s.io".into(),
+                Some("v1beta1".into()),
+                "DCSMachineTemplate".into()
+            ))
         );
     }
 

@@ -34,9 +34,28 @@ enum Command {
         /// Only handle UpgradeRequests (and watch CAPI objects) in this namespace.
         #[arg(long)]
         namespace: Option<String>,
+        /// CAPI API version to read and write: v1beta1 (CAPI ≤ v1.10, the platform's) or
+        /// v1beta2 (CAPI ≥ v1.11).
+        #[arg(long, value_enum, default_value = "v1beta1")]
+        capi_api_version: CapiApiVersion,
     },
     /// Print the hop table for a cluster without changing anything.
     Plan(PlanArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CapiApiVersion {
+    V1beta1,
+    V1beta2,
+}
+
+impl From<CapiApiVersion> for upgrade_controller::capi::ApiVersion {
+    fn from(v: CapiApiVersion) -> Self {
+        match v {
+            CapiApiVersion::V1beta1 => Self::V1beta1,
+            CapiApiVersion::V1beta2 => Self::V1beta2,
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -130,7 +149,7 @@ async fn plan(args: PlanArgs) -> anyhow::Result<()> {
             }))?;
             let mut ur = upgrade_controller::api::UpgradeRequest::new("preview", spec);
             ur.metadata.namespace = Some(args.namespace.clone());
-            let mut obs = reconcile::observe(&client, &ur).await?;
+            let mut obs = reconcile::observe(&client, &ur, Default::default()).await?;
             if obs.cluster.is_none() {
                 anyhow::bail!(
                     "Cluster {}/{} not found",
@@ -173,8 +192,12 @@ async fn main() -> anyhow::Result<()> {
         LogFormat::Json => builder.json().init(),
     }
     match cli.command {
-        Command::Run { namespace } => {
-            reconcile::run(kube::Client::try_default().await?, namespace).await
+        Command::Run {
+            namespace,
+            capi_api_version,
+        } => {
+            let client = kube::Client::try_default().await?;
+            reconcile::run(client, namespace, capi_api_version.into()).await
         }
         Command::Plan(args) => plan(args).await,
     }

@@ -48,6 +48,8 @@ impl Error {
 
 pub struct Context {
     pub client: Client,
+    /// The CAPI API version to read and write.
+    pub capi: capi::ApiVersion,
 }
 
 fn not_found(e: &kube::Error) -> bool {
@@ -63,13 +65,17 @@ async fn get_opt(api: &Api<DynamicObject>, name: &str) -> Result<Option<Value>, 
 }
 
 /// Reads everything `decide` needs.
-pub async fn observe(client: &Client, ur: &UpgradeRequest) -> Result<Observed, Error> {
+pub async fn observe(
+    client: &Client,
+    ur: &UpgradeRequest,
+    capi_version: capi::ApiVersion,
+) -> Result<Observed, Error> {
     let ns = ur.namespace().unwrap_or_default();
     let cluster_name = &ur.spec.cluster_name;
     let ns_api = |ar: &kube::core::ApiResource| {
         Api::<DynamicObject>::namespaced_with(client.clone(), &ns, ar)
     };
-    let cluster = get_opt(&ns_api(&capi::cluster()), cluster_name).await?;
+    let cluster = get_opt(&ns_api(&capi_version.cluster()), cluster_name).await?;
     let mut obs = Observed {
         cluster: cluster.clone(),
         ..Observed::default()
@@ -89,9 +95,9 @@ pub async fn observe(client: &Client, ur: &UpgradeRequest) -> Result<Observed, E
     if cp_ref["kind"] == "KubeadmControlPlane"
         && let Some(name) = cp_ref["name"].as_str()
     {
-        obs.kcp = get_opt(&ns_api(&capi::kubeadm_control_plane()), name).await?;
+        obs.kcp = get_opt(&ns_api(&capi_version.kubeadm_control_plane()), name).await?;
     }
-    let mds = ns_api(&capi::machine_deployment())
+    let mds = ns_api(&capi_version.machine_deployment())
         .list(&ListParams::default())
         .await?;
     for md in mds.items {
@@ -100,7 +106,7 @@ pub async fn observe(client: &Client, ur: &UpgradeRequest) -> Result<Observed, E
             obs.mds.push(md);
         }
     }
-    let machines = ns_api(&capi::machine())
+    let machines = ns_api(&capi_version.machine())
         .list(
             &ListParams::default().labels(&format!("{}={cluster_name}", capi::CLUSTER_NAME_LABEL)),
         )
@@ -109,6 +115,24 @@ pub async fn observe(client: &Client, ur: &UpgradeRequest) -> Result<Observed, E
         obs.machines.push(serde_json::to_value(m)?);
     }
     Ok(obs)
+}
+
+/// The API resource a (v1beta1 or v1beta2) reference points at; v1beta2 references name only
+/// the group, so the version comes from discovery (the group's preferred version).
+async fn resolve_ref(
+    client: &Client,
+    reference: &Value,
+) -> Result<Option<kube::core::ApiResource>, Error> {
+    let Some((group, version, kind)) = capi::ref_group_kind(reference) else {
+        return Ok(None);
+    };
+    if let Some(version) = version {
+        return Ok(Some(kube::core::ApiResource::from_gvk(
+            &kube::core::GroupVersionKind::gvk(&group, &version, &kind),
+        )));
+    }
+    let discovered = kube::discovery::group(client, &group).await?;
+    Ok(discovered.recommended_kind(&kind).map(|(ar, _)| ar))
 }
 
 /// Gets or creates the hop's clone of the template `source_ref` points at. A clone that exists
@@ -120,8 +144,9 @@ async fn ensure_template_clone(
     version: &str,
     image: &str,
     owner: &Value,
+    v1beta2_holder: bool,
 ) -> Result<Result<Value, Stall>, Error> {
-    let Some(ar) = capi::resource_of_ref(source_ref) else {
+    let Some(ar) = resolve_ref(client, source_ref).await? else {
         return Ok(Err(Stall {
             reason: "TemplateNotFound",
             message: format!("invalid infrastructure template reference {source_ref}"),
@@ -148,7 +173,7 @@ async fn ensure_template_clone(
     if source["metadata"]["annotations"][providers::KUBERNETES_VERSION_ANNOTATION] == version
         && provider.image_of(&source).as_deref() == Some(image)
     {
-        return Ok(Ok(capi::reference_to(&source)));
+        return Ok(Ok(capi::reference_to(&source, v1beta2_holder)));
     }
     let clone = match providers::clone_template(
         provider,
@@ -190,16 +215,17 @@ async fn ensure_template_clone(
             ),
         }));
     }
-    Ok(Ok(capi::reference_to(&existing)))
+    Ok(Ok(capi::reference_to(&existing, v1beta2_holder)))
 }
 
-async fn apply(
-    client: &Client,
-    ar: &kube::core::ApiResource,
-    ns: &str,
-    obj: &Value,
-) -> Result<(), Error> {
-    let api = Api::<DynamicObject>::namespaced_with(client.clone(), ns, ar);
+/// Server-side applies a partial CAPI object under this controller's field manager.
+async fn apply(client: &Client, ns: &str, obj: &Value) -> Result<(), Error> {
+    let api_version = obj["apiVersion"].as_str().unwrap_or_default();
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    let kind = obj["kind"].as_str().unwrap_or_default();
+    let ar =
+        kube::core::ApiResource::from_gvk(&kube::core::GroupVersionKind::gvk(group, version, kind));
+    let api = Api::<DynamicObject>::namespaced_with(client.clone(), ns, &ar);
     api.patch(
         capi::name(obj),
         &PatchParams::apply(FIELD_MANAGER).force(),
@@ -250,6 +276,7 @@ async fn execute(
                 version,
                 &step.os_image,
                 cluster,
+                capi::is_v1beta2(kcp),
             )
             .await?
             {
@@ -268,7 +295,7 @@ async fn execute(
                 kcp = capi::name(kcp),
                 version, "patching KubeadmControlPlane"
             );
-            apply(client, &capi::kubeadm_control_plane(), &ns, &write).await?;
+            apply(client, &ns, &write).await?;
         }
         PlanStepKind::Workers => {
             for pool in pools {
@@ -285,6 +312,7 @@ async fn execute(
                     version,
                     &step.os_image,
                     cluster,
+                    capi::is_v1beta2(md),
                 )
                 .await?
                 {
@@ -298,6 +326,7 @@ async fn execute(
                         capi::md_bootstrap_ref(md),
                         version,
                         cluster,
+                        capi::is_v1beta2(md),
                     )
                     .await?
                     {
@@ -309,7 +338,7 @@ async fn execute(
                 };
                 let write = capi::md_apply(md, version, tref, bootstrap);
                 info!(pool, version, "patching MachineDeployment");
-                apply(client, &capi::machine_deployment(), &ns, &write).await?;
+                apply(client, &ns, &write).await?;
             }
         }
     }
@@ -324,8 +353,9 @@ async fn ensure_bootstrap_clone(
     source_ref: &Value,
     version: &str,
     owner: &Value,
+    v1beta2_holder: bool,
 ) -> Result<Result<Value, Stall>, Error> {
-    let Some(ar) = capi::resource_of_ref(source_ref) else {
+    let Some(ar) = resolve_ref(client, source_ref).await? else {
         return Ok(Err(Stall {
             reason: "TemplateNotFound",
             message: format!("invalid bootstrap template reference {source_ref}"),
@@ -361,9 +391,9 @@ async fn ensure_bootstrap_clone(
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(Ok(
-        json!({"apiVersion": source["apiVersion"], "kind": source["kind"], "name": name, "namespace": ns}),
-    ))
+    let clone = json!({"apiVersion": source["apiVersion"], "kind": source["kind"],
+                       "metadata": {"name": name, "namespace": ns}});
+    Ok(Ok(capi::reference_to(&clone, v1beta2_holder)))
 }
 
 #[instrument(skip_all, fields(request = %ur.name_any(), namespace = ur.namespace().unwrap_or_default()))]
@@ -379,7 +409,7 @@ pub async fn reconcile(ur: Arc<UpgradeRequest>, ctx: Arc<Context>) -> Result<Act
         Err(e) if not_found(&e) => return Ok(Action::await_change()),
         Err(e) => return Err(e.into()),
     };
-    let obs = observe(client, &ur).await?;
+    let obs = observe(client, &ur, ctx.capi).await?;
     let generation = ur.metadata.generation.unwrap_or(0);
     let original = ur.status.clone().unwrap_or_default();
     let mut status = original.clone();
@@ -488,8 +518,13 @@ fn error_policy(_ur: Arc<UpgradeRequest>, error: &Error, _ctx: Arc<Context>) -> 
     Action::requeue(Duration::from_secs(5))
 }
 
-/// Runs the controller until SIGTERM / Ctrl-C, for every namespace or only `namespace`.
-pub async fn run(client: Client, namespace: Option<String>) -> anyhow::Result<()> {
+/// Runs the controller until SIGTERM / Ctrl-C, for every namespace or only `namespace`,
+/// reading and writing CAPI objects at `capi_version`.
+pub async fn run(
+    client: Client,
+    namespace: Option<String>,
+    capi_version: capi::ApiVersion,
+) -> anyhow::Result<()> {
     let requests: Api<UpgradeRequest> = match &namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
@@ -522,10 +557,10 @@ pub async fn run(client: Client, namespace: Option<String>) -> anyhow::Result<()
         by_matrix,
     );
     for ar in [
-        capi::cluster(),
-        capi::kubeadm_control_plane(),
-        capi::machine_deployment(),
-        capi::machine(),
+        capi_version.cluster(),
+        capi_version.kubeadm_control_plane(),
+        capi_version.machine_deployment(),
+        capi_version.machine(),
     ] {
         let api = match &namespace {
             Some(ns) => Api::<DynamicObject>::namespaced_with(client.clone(), ns, &ar),
@@ -543,7 +578,14 @@ pub async fn run(client: Client, namespace: Option<String>) -> anyhow::Result<()
         "upgrade-controller started"
     );
     c.shutdown_on_signal()
-        .run(reconcile, error_policy, Arc::new(Context { client }))
+        .run(
+            reconcile,
+            error_policy,
+            Arc::new(Context {
+                client,
+                capi: capi_version,
+            }),
+        )
         .for_each(|res| async move {
             if let Err(e) = res {
                 warn!("reconcile: {e}");

@@ -53,7 +53,7 @@ async fn main() -> Result<()> {
         "metadata": {"name": "to-4-3", "namespace": ns},
         "spec": {"clusterName": "demo", "targetVersion": "4.3", "workers": {"maxConcurrentPools": 2}},
     }))?;
-    let obs = upgrade_controller::reconcile::observe(&client, &ur).await?;
+    let obs = upgrade_controller::reconcile::observe(&client, &ur, Default::default()).await?;
     let matrix = obs.matrix.clone().context("sample matrix missing")?;
     let steps = preview::preview(&obs, &matrix.spec.rows, "4.3", WorkerStrategy::EveryHop)?;
     eprintln!("== plan to 4.3:\n{}", preview::table(&steps));
