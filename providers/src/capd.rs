@@ -5,10 +5,13 @@
 //! `spec.template.spec.backend.docker.customImage` for DevMachineTemplate). The in-memory
 //! backend has no image at all, so there the hop's image is only recorded in the clone's
 //! `upgrade.cpaas.io/os-image` annotation, which tests read back.
+//!
+//! No slot pools, and no image to stage: the in-memory backend boots nothing, and the docker
+//! backend pulls its node image when it creates the container.
 
 use serde_json::{Value, json};
 
-use crate::{ImageKey, OS_IMAGE_ANNOTATION, Provider, ProviderError, set_at};
+use crate::{ImageKey, ImageLookup, OS_IMAGE_ANNOTATION, Provider, ProviderError, set_at};
 
 #[derive(Debug, Default)]
 pub struct Capd;
@@ -55,6 +58,11 @@ impl Provider for Capd {
         from_field
             .or_else(|| template["metadata"]["annotations"][OS_IMAGE_ANNOTATION].as_str())
             .map(str::to_string)
+    }
+    fn image_lookup(&self, _image: &str) -> ImageLookup {
+        ImageLookup::NotNeeded {
+            reason: "CAPD boots no OS image to stage (in-memory machines; the docker backend pulls its node image itself)".into(),
+        }
     }
 }
 
@@ -122,6 +130,21 @@ spec:
         .unwrap();
         let name = again["metadata"]["name"].as_str().unwrap();
         assert!(name.starts_with("demo-cp-v131-v1-33-7-4-"), "{name}");
+    }
+
+    #[test]
+    fn no_slots_and_nothing_to_stage() {
+        let tpl = yaml(IN_MEMORY);
+        assert_eq!(Capd.slot_pool(&tpl), None);
+        assert_eq!(Capd.slot_holder_kind(), None);
+        assert_eq!(
+            Capd.free_slots(&tpl, &[]).unwrap_err(),
+            ProviderError::NoSlotPool("capd")
+        );
+        assert!(matches!(
+            Capd.image_lookup("anything"),
+            ImageLookup::NotNeeded { .. }
+        ));
     }
 
     #[test]

@@ -5,7 +5,12 @@
 //! [`clone_template`] then builds the hop's new template from the one referenced today, under a
 //! deterministic name ([`clone_name`]), so a retried hop finds the template it already made.
 //! Adding a provider is one new module and one line in [`for_template_kind`].
+//!
+//! Before a rollout, the providers also say what it needs from the platform (`capacity.rs`): the
+//! pool of per-machine slots a template draws from and how many are free, and how to confirm the
+//! hop's OS image is staged.
 
+mod capacity;
 mod capd;
 mod dcs;
 mod hcs;
@@ -16,9 +21,13 @@ use std::hash::{Hash, Hasher};
 
 use serde_json::{Map, Value, json};
 
+pub use capacity::{
+    ImageLookup, PLATFORM_NAMESPACE, SlotCount, SlotPoolRef, image_confirmed, is_label_value,
+    surge_of_kcp, surge_of_md,
+};
 pub use capd::Capd;
-pub use dcs::Dcs;
-pub use hcs::Hcs;
+pub use dcs::{DCS_VM_TEMPLATE_LABEL, Dcs};
+pub use hcs::{HCS_OS_IMAGE_KEY, HCS_OS_RELEASE_LABEL, Hcs};
 pub use vsphere::Vsphere;
 
 /// Annotation on a cloned template: the name of the first template of its line, so clones of
@@ -52,6 +61,25 @@ pub enum ProviderError {
     },
     #[error("template has no metadata.name")]
     Unnamed,
+    #[error("provider {0} draws no per-machine slots from a pool")]
+    NoSlotPool(&'static str),
+    #[error("{kind} {name}: {reason}")]
+    PoolShape {
+        kind: String,
+        name: String,
+        reason: String,
+    },
+}
+
+impl ProviderError {
+    /// A [`ProviderError::PoolShape`] about `pool`.
+    pub(crate) fn pool_shape(pool: &Value, reason: impl Into<String>) -> Self {
+        ProviderError::PoolShape {
+            kind: pool["kind"].as_str().unwrap_or("pool").to_string(),
+            name: pool["metadata"]["name"].as_str().unwrap_or("?").to_string(),
+            reason: reason.into(),
+        }
+    }
 }
 
 /// One infrastructure provider.
@@ -84,6 +112,26 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     /// Paths under `spec.template.spec` that identify one machine and must not be copied.
     fn per_machine_fields(&self) -> &'static [&'static str] {
         &["providerID"]
+    }
+    /// The slot pool a machine template (the full object) draws per-machine IP/hostname/disk
+    /// slots from; `None` when the provider or this template has none.
+    fn slot_pool(&self, _template: &Value) -> Option<SlotPoolRef> {
+        None
+    }
+    /// Kind (group `infrastructure.cluster.x-k8s.io`, the pool's version) of the objects that
+    /// hold a slot, which must be listed in the pool's namespace to count free slots; `None`
+    /// when the pool's own status has the counters.
+    fn slot_holder_kind(&self) -> Option<&'static str> {
+        None
+    }
+    /// Free and total slots of `pool` (the full object), given the [`Provider::slot_holder_kind`]
+    /// objects listed in its namespace.
+    fn free_slots(&self, _pool: &Value, _holders: &[Value]) -> Result<SlotCount, ProviderError> {
+        Err(ProviderError::NoSlotPool(self.name()))
+    }
+    /// How to confirm that the OS image `image` is staged on the platform.
+    fn image_lookup(&self, _image: &str) -> ImageLookup {
+        ImageLookup::Unverifiable
     }
 }
 
