@@ -12,6 +12,9 @@ use crate::api::{
 use crate::capi;
 use crate::gate;
 use crate::plan::{self, CurrentVersions, PlanInput, PoolVersion, StepKind};
+use crate::platform;
+use crate::preflight::{self, PreflightObs, Scope};
+use crate::review;
 use providers::ImageKey;
 
 /// Everything `decide` looks at, read from the API server (reads only).
@@ -24,12 +27,18 @@ pub struct Observed {
     /// The Cluster's Machines.
     pub machines: Vec<Value>,
     pub matrix: Option<OSSupportMatrix>,
+    /// This cluster's ClusterVersionShadow (read until Phase 1 has succeeded).
+    pub cvsh: Option<Value>,
+    /// Where that cvsh lives, for messages (`ClusterVersionShadow cpaas-system/prod-a`).
+    pub cvsh_where: String,
+    /// What the preflight reads, when one is due ([`preflight_scope`]).
+    pub preflight: Option<PreflightObs>,
 }
 
 /// Why a request cannot go on; `reason` is the Stalled condition's reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stall {
-    pub reason: &'static str,
+    pub reason: String,
     pub message: String,
 }
 
@@ -44,6 +53,16 @@ pub enum Decision {
         current: CurrentVersions,
         target: TargetRow,
     },
+    /// Preflight checks block (see status.preflight).
+    Blocked { scope: Scope },
+    /// The two-step review is not acknowledged yet (see status.review).
+    AwaitAcknowledgement { message: String },
+    /// Phase 1: write `spec.desiredUpdate.version` to the cluster's cvsh (`write`), or record
+    /// that it already asks for the target (someone, or this controller before a restart,
+    /// wrote it).
+    RequestExtensions { version: String, write: bool },
+    /// Phase 1: the cvsh reports the target and Ready.
+    ExtensionsDone,
     /// Every step has finished.
     Succeeded,
     /// spec.paused and at a step boundary.
@@ -77,9 +96,9 @@ pub fn declared(obs: &Observed) -> Option<CurrentVersions> {
     })
 }
 
-fn stall(reason: &'static str, message: impl Into<String>) -> Decision {
+fn stall(reason: &str, message: impl Into<String>) -> Decision {
     Decision::Stall(Stall {
-        reason,
+        reason: reason.into(),
         message: message.into(),
     })
 }
@@ -113,7 +132,7 @@ pub fn image_key(kcp: &Value) -> Result<ImageKey, Stall> {
     providers::for_template_kind(kind)
         .map(|p| p.image_key())
         .map_err(|e| Stall {
-            reason: "UnsupportedProvider",
+            reason: "UnsupportedProvider".into(),
             message: e.to_string(),
         })
 }
@@ -150,7 +169,7 @@ fn fresh_plan(
         current,
     )
     .map_err(|e| Stall {
-        reason: plan_error_reason(&e),
+        reason: plan_error_reason(&e).into(),
         message: e.to_string(),
     })
 }
@@ -271,6 +290,11 @@ pub fn decide(
         };
     }
 
+    // Phase 1 (and the gates before it) comes before any Kubernetes hop.
+    if let Some(d) = phase_one(spec, status, obs) {
+        return d;
+    }
+
     let Some(index) = status
         .plan
         .iter()
@@ -301,8 +325,10 @@ pub fn decide(
                 && fresh[0].kubernetes_version == step.kubernetes_version
                 && fresh[0].pools.iter().all(|p| step.pools.contains(p))
                 && matches(&fresh[1..], &remaining[1..]);
-            if !(matches(&fresh, remaining) || matches(&fresh, &remaining[1..]) || partial_workers)
-            {
+            // This step's writes landed before a restart: its rollout is ours, not a reason
+            // to block.
+            let landed = !matches(&fresh, remaining) && matches(&fresh, &remaining[1..]);
+            if !(matches(&fresh, remaining) || landed || partial_workers) {
                 let describe = |steps: &[PlanStep]| {
                     steps
                         .iter()
@@ -318,6 +344,23 @@ pub fn decide(
                         describe(&fresh)
                     ),
                 );
+            }
+            // Each hop starts with a fresh preflight (health, capacity, images).
+            if step.kind == PlanStepKind::ControlPlane && !landed {
+                let scope = Scope::Hop(index);
+                match &status.preflight {
+                    Some(pf) if pf.scope == scope.label() => {
+                        if !preflight::blocking(&pf.checks).is_empty() {
+                            return Decision::Blocked { scope };
+                        }
+                    }
+                    _ => {
+                        return Decision::Wait {
+                            index,
+                            recheck: SignedDuration::from_secs(5),
+                        };
+                    }
+                }
             }
             // Workers only ever follow a control plane that has completely rolled out at
             // their version, whatever the bookkeeping says.
@@ -344,6 +387,105 @@ pub fn decide(
         StepState::InProgress => in_progress_step(spec, obs, kcp, index, step, now),
         StepState::Succeeded => unreachable!("position() skipped succeeded steps"),
     }
+}
+
+/// Which preflight is due now, if any: the initial one until Phase 1 has been requested, then
+/// one before each hop's control-plane step.
+pub fn preflight_scope(status: &UpgradeRequestStatus) -> Option<Scope> {
+    status.plan_generation?;
+    let ext = status.aligned_extensions.clone().unwrap_or_default();
+    if ext.state != Some(StepState::Succeeded) {
+        return ext.requested_at.is_none().then_some(Scope::Initial);
+    }
+    let index = status
+        .plan
+        .iter()
+        .position(|s| s.state != StepState::Succeeded)?;
+    let step = &status.plan[index];
+    (step.kind == PlanStepKind::ControlPlane
+        && matches!(step.state, StepState::Pending | StepState::Failed))
+    .then_some(Scope::Hop(index))
+}
+
+/// Phase 1 and the gates before it (DOMAIN.md §2): the initial preflight, the two-step review,
+/// then the Distribution Version through the cluster's cvsh. `None` once Phase 1 succeeded.
+fn phase_one(
+    spec: &UpgradeRequestSpec,
+    status: &UpgradeRequestStatus,
+    obs: &Observed,
+) -> Option<Decision> {
+    let ext = status.aligned_extensions.clone().unwrap_or_default();
+    if ext.state == Some(StepState::Succeeded) {
+        return None;
+    }
+    let target = status.target.as_ref()?.distribution_version.clone();
+    let wait = Decision::Wait {
+        index: 0,
+        recheck: SignedDuration::from_secs(5),
+    };
+    let requested = ext.requested_at.is_some();
+    if !requested {
+        if spec.paused {
+            return Some(Decision::Paused);
+        }
+        match &status.preflight {
+            Some(pf) if pf.scope == Scope::Initial.label() => {
+                if !preflight::blocking(&pf.checks).is_empty() {
+                    return Some(Decision::Blocked {
+                        scope: Scope::Initial,
+                    });
+                }
+            }
+            _ => return Some(wait),
+        }
+        if let Some(message) = status.review.as_ref().and_then(review::pending_message) {
+            return Some(Decision::AwaitAcknowledgement { message });
+        }
+    }
+    let Some(cvsh) = &obs.cvsh else {
+        return Some(stall(
+            "ClusterVersionShadowNotFound",
+            format!(
+                "{} does not exist; the Cluster Version Operator must track this cluster before its Distribution Version can move",
+                obs.cvsh_where
+            ),
+        ));
+    };
+    if platform::at_version(cvsh, &target) {
+        return Some(Decision::ExtensionsDone);
+    }
+    if let Some((true, reason, message)) = platform::condition(cvsh, "Stalled") {
+        return Some(stall(
+            if reason.is_empty() {
+                "ExtensionsStalled"
+            } else {
+                reason
+            },
+            format!(
+                "the Cluster Version Operator stopped moving the cluster to {target} ({}): {message}; fix the cause on the platform, the upgrade resumes when it clears",
+                obs.cvsh_where
+            ),
+        ));
+    }
+    let desired = platform::desired_version(cvsh);
+    let asks_target = desired.is_some_and(|d| platform::same_version(d, &target));
+    if !requested {
+        return Some(Decision::RequestExtensions {
+            version: target,
+            write: !asks_target,
+        });
+    }
+    if !asks_target {
+        return Some(stall(
+            "ExtensionsTargetChanged",
+            format!(
+                "{} spec.desiredUpdate.version is {:?}, not {target} as this request set it; this request never asks twice — restore it to {target}, or delete this request and create a new one",
+                obs.cvsh_where,
+                desired.unwrap_or("")
+            ),
+        ));
+    }
+    Some(wait)
 }
 
 fn in_progress_step(
@@ -432,7 +574,10 @@ fn in_progress_step(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{MatrixRow, OSSupportMatrixSpec};
+    use crate::api::{
+        CheckName, CheckState, ExtensionsStatus, MatrixRow, Modification, OSSupportMatrixSpec,
+        PreflightCheck, PreflightStatus, ReviewStatus,
+    };
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
     use serde_json::json;
 
@@ -471,6 +616,58 @@ mod tests {
                     rows: vec![row("4.1.0", "v1.32.7"), row("4.2.0", "v1.33.7")],
                 },
             )),
+            cvsh: Some(cvsh("4.1.0", None, &[("Ready", "True", "AsExpected")])),
+            cvsh_where: "ClusterVersionShadow cpaas-system/c".into(),
+            preflight: None,
+        }
+    }
+
+    fn cvsh(current: &str, desired: Option<&str>, conditions: &[(&str, &str, &str)]) -> Value {
+        json!({
+            "spec": {"desiredUpdate": {"version": desired}},
+            "status": {
+                "current": {"version": current},
+                "conditions": conditions.iter().map(|(t, s, r)| json!({"type": t, "status": s, "reason": r, "message": "m"})).collect::<Vec<_>>(),
+            },
+        })
+    }
+
+    fn preflight_status(scope: Scope, failing: Option<CheckName>) -> PreflightStatus {
+        let check = |name: CheckName, state: CheckState| PreflightCheck {
+            name,
+            state,
+            reason: "r".into(),
+            message: "m".into(),
+        };
+        let mut checks = vec![check(CheckName::NodesReady, CheckState::Passed)];
+        if let Some(name) = failing {
+            checks.push(check(name, CheckState::Failed));
+        }
+        PreflightStatus {
+            observed_at: Time(Timestamp::UNIX_EPOCH),
+            scope: scope.label(),
+            checks,
+        }
+    }
+
+    /// Planned, before Phase 1, with the initial preflight recorded.
+    fn before_phase_one(o: &Observed, failing: Option<CheckName>) -> UpgradeRequestStatus {
+        let Decision::SetPlan { steps, target, .. } = decide(
+            &spec(false),
+            1,
+            &UpgradeRequestStatus::default(),
+            o,
+            Timestamp::UNIX_EPOCH,
+        ) else {
+            panic!("expected a plan");
+        };
+        UpgradeRequestStatus {
+            plan: steps,
+            plan_generation: Some(1),
+            target: Some(target),
+            preflight: Some(preflight_status(Scope::Initial, failing)),
+            review: Some(ReviewStatus::default()),
+            ..Default::default()
         }
     }
 
@@ -482,7 +679,7 @@ mod tests {
     }
 
     fn planned(o: &Observed, generation: i64) -> UpgradeRequestStatus {
-        let Decision::SetPlan { steps, .. } = decide(
+        let Decision::SetPlan { steps, target, .. } = decide(
             &spec(false),
             generation,
             &UpgradeRequestStatus::default(),
@@ -491,11 +688,159 @@ mod tests {
         ) else {
             panic!("expected a plan");
         };
+        // Phase 1 done and the first hop's preflight passed.
         UpgradeRequestStatus {
             plan: steps,
             plan_generation: Some(generation),
+            target: Some(target),
+            aligned_extensions: Some(ExtensionsStatus {
+                state: Some(StepState::Succeeded),
+                ..Default::default()
+            }),
+            preflight: Some(preflight_status(Scope::Hop(0), None)),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn nothing_is_requested_while_preflight_blocks_or_acknowledgements_are_missing() {
+        let o = obs("v1.32.7", "v1.32.7", true);
+        let blocked = before_phase_one(&o, Some(CheckName::GlobalTierAtTarget));
+        assert_eq!(preflight_scope(&blocked), Some(Scope::Initial));
+        assert_eq!(
+            decide(&spec(false), 1, &blocked, &o, Timestamp::UNIX_EPOCH),
+            Decision::Blocked {
+                scope: Scope::Initial
+            }
+        );
+        let mut unreviewed = before_phase_one(&o, None);
+        unreviewed.review = Some(ReviewStatus {
+            modifications: vec![Modification {
+                name: "rp-1".into(),
+                acknowledged: false,
+            }],
+            impacts: vec![],
+        });
+        assert!(matches!(
+            decide(&spec(false), 1, &unreviewed, &o, Timestamp::UNIX_EPOCH),
+            Decision::AwaitAcknowledgement { message } if message.contains("rp-1")
+        ));
+        // A preflight of another scope (or none yet) never lets Phase 1 start.
+        let mut stale = before_phase_one(&o, None);
+        stale.preflight = Some(preflight_status(Scope::Hop(0), None));
+        assert!(matches!(
+            decide(&spec(false), 1, &stale, &o, Timestamp::UNIX_EPOCH),
+            Decision::Wait { .. }
+        ));
+    }
+
+    #[test]
+    fn phase_one_is_requested_once_and_followed_to_ready() {
+        let mut o = obs("v1.32.7", "v1.32.7", true);
+        let clear = before_phase_one(&o, None);
+        assert_eq!(
+            decide(&spec(false), 1, &clear, &o, Timestamp::UNIX_EPOCH),
+            Decision::RequestExtensions {
+                version: "4.2.0".into(),
+                write: true
+            }
+        );
+        // Already asked for (a restart after the write): record it, do not write again.
+        o.cvsh = Some(cvsh(
+            "4.1.0",
+            Some("4.2.0"),
+            &[("Ready", "True", "AsExpected")],
+        ));
+        assert_eq!(
+            decide(&spec(false), 1, &clear, &o, Timestamp::UNIX_EPOCH),
+            Decision::RequestExtensions {
+                version: "4.2.0".into(),
+                write: false
+            }
+        );
+        let mut requested = clear.clone();
+        requested.aligned_extensions = Some(ExtensionsStatus {
+            version: Some("4.2.0".into()),
+            state: Some(StepState::InProgress),
+            requested_at: Some(Time(Timestamp::UNIX_EPOCH)),
+            ..Default::default()
+        });
+        assert_eq!(
+            preflight_scope(&requested),
+            None,
+            "no preflight while Phase 1 runs"
+        );
+        assert!(matches!(
+            decide(&spec(false), 1, &requested, &o, Timestamp::UNIX_EPOCH),
+            Decision::Wait { .. }
+        ));
+        o.cvsh = Some(cvsh(
+            "4.1.0",
+            Some("4.2.0"),
+            &[
+                ("Ready", "True", "AsExpected"),
+                ("Stalled", "True", "AppReleaseFailed"),
+            ],
+        ));
+        let Decision::Stall(s) = decide(&spec(false), 1, &requested, &o, Timestamp::UNIX_EPOCH)
+        else {
+            panic!("expected a stall");
+        };
+        assert_eq!(s.reason, "AppReleaseFailed", "the CVO's own reason");
+        o.cvsh = Some(cvsh(
+            "4.1.0",
+            Some("4.3.0"),
+            &[("Ready", "True", "AsExpected")],
+        ));
+        let Decision::Stall(s) = decide(&spec(false), 1, &requested, &o, Timestamp::UNIX_EPOCH)
+        else {
+            panic!("expected a stall");
+        };
+        assert_eq!(s.reason, "ExtensionsTargetChanged");
+        o.cvsh = Some(cvsh(
+            "4.2.0",
+            Some("4.2.0"),
+            &[("Ready", "True", "AsExpected")],
+        ));
+        assert_eq!(
+            decide(&spec(false), 1, &requested, &o, Timestamp::UNIX_EPOCH),
+            Decision::ExtensionsDone
+        );
+        // Not Ready yet at the new version: keep waiting.
+        o.cvsh = Some(cvsh(
+            "4.2.0",
+            Some("4.2.0"),
+            &[("Ready", "False", "Progressing")],
+        ));
+        assert!(matches!(
+            decide(&spec(false), 1, &requested, &o, Timestamp::UNIX_EPOCH),
+            Decision::Wait { .. }
+        ));
+    }
+
+    #[test]
+    fn each_hop_waits_for_its_own_passing_preflight() {
+        let o = obs("v1.32.7", "v1.32.7", true);
+        let mut status = planned(&o, 1);
+        assert_eq!(preflight_scope(&status), Some(Scope::Hop(0)));
+        status.preflight = Some(preflight_status(
+            Scope::Hop(0),
+            Some(CheckName::IPPoolCapacity),
+        ));
+        assert_eq!(
+            decide(&spec(false), 1, &status, &o, Timestamp::UNIX_EPOCH),
+            Decision::Blocked {
+                scope: Scope::Hop(0)
+            }
+        );
+        status.preflight = Some(preflight_status(Scope::Initial, None));
+        assert!(matches!(
+            decide(&spec(false), 1, &status, &o, Timestamp::UNIX_EPOCH),
+            Decision::Wait { .. }
+        ));
+        // Workers steps follow their control plane without a new preflight.
+        status.plan[0].state = StepState::Succeeded;
+        assert_eq!(preflight_scope(&status), None);
     }
 
     #[test]

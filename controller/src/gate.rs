@@ -12,24 +12,28 @@ fn int(v: &Value) -> Option<i64> {
     v.as_i64()
 }
 
-fn condition_true(obj: &Value, type_: &str) -> bool {
+pub fn condition_true(obj: &Value, type_: &str) -> bool {
     obj["status"]["conditions"].as_array().is_some_and(|cs| {
         cs.iter()
             .any(|c| c["type"] == type_ && c["status"] == "True")
     })
 }
 
+/// The controller has not seen the latest spec yet.
+fn generation_pending(obj: &Value, kind: &str) -> Option<String> {
+    let generation = int(&obj["metadata"]["generation"]).unwrap_or(0);
+    let observed = int(&obj["status"]["observedGeneration"]).unwrap_or(0);
+    (observed != generation).then(|| {
+        format!(
+            "{kind} status.observedGeneration {observed} is behind metadata.generation {generation}"
+        )
+    })
+}
+
 /// Replica counters of a KubeadmControlPlane or MachineDeployment: observedGeneration current,
 /// and every counter equal to `spec.replicas`, with no unavailable replicas.
 fn counters_pending(obj: &Value, kind: &str) -> Vec<String> {
-    let mut why = Vec::new();
-    let generation = int(&obj["metadata"]["generation"]).unwrap_or(0);
-    let observed = int(&obj["status"]["observedGeneration"]).unwrap_or(0);
-    if observed != generation {
-        why.push(format!(
-            "{kind} status.observedGeneration {observed} is behind metadata.generation {generation}"
-        ));
-    }
+    let mut why: Vec<String> = generation_pending(obj, kind).into_iter().collect();
     let want = int(&obj["spec"]["replicas"]).unwrap_or(1);
     let status = &obj["status"];
     let v1beta2 = obj["apiVersion"]
@@ -91,6 +95,41 @@ fn machines_pending(machines: &[Value], version: &str, want: i64) -> Vec<String>
         if !condition_true(m, "NodeHealthy") {
             why.push(format!("machine {name} node is not healthy yet"));
         }
+    }
+    why
+}
+
+/// Why the KubeadmControlPlane or MachineDeployment `obj` (with its `machines`) is still
+/// rolling out a spec change: observedGeneration behind, fewer up-to-date than desired
+/// replicas, surplus replicas, or machines at another version than `version`. Readiness is not
+/// part of it (a machine whose node is down is a health problem, not a rollout).
+pub fn spec_rollout_pending(
+    obj: &Value,
+    kind: &str,
+    machines: &[Value],
+    version: &str,
+) -> Vec<String> {
+    let mut why: Vec<String> = generation_pending(obj, kind).into_iter().collect();
+    let want = int(&obj["spec"]["replicas"]).unwrap_or(1);
+    let status = &obj["status"];
+    let up_to_date = int(&status["upToDateReplicas"]).or_else(|| int(&status["updatedReplicas"]));
+    let up_to_date = up_to_date.unwrap_or(0);
+    if up_to_date != want {
+        why.push(format!(
+            "{kind} has {up_to_date} of {want} replicas up to date"
+        ));
+    }
+    let replicas = int(&status["replicas"]).unwrap_or(0);
+    if replicas > want {
+        why.push(format!("{kind} has {replicas} replicas, {want} wanted"));
+    }
+    let stale: Vec<&str> = machines
+        .iter()
+        .filter(|m| m["spec"]["version"].as_str() != Some(version))
+        .filter_map(|m| m["metadata"]["name"].as_str())
+        .collect();
+    if !stale.is_empty() {
+        why.push(format!("machines not at {version}: {}", stale.join(", ")));
     }
     why
 }

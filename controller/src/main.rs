@@ -6,6 +6,8 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use upgrade_controller::api::{OSSupportMatrix, UpgradeRequestSpec, WorkerStrategy};
 use upgrade_controller::decide::Observed;
+use upgrade_controller::observe::{self, Standby};
+use upgrade_controller::platform::CvshConfig;
 use upgrade_controller::{preview, reconcile};
 
 #[derive(Parser)]
@@ -38,9 +40,30 @@ enum Command {
         /// v1beta2 (CAPI ≥ v1.11).
         #[arg(long, value_enum, default_value = "v1beta1")]
         capi_api_version: CapiApiVersion,
+        #[command(flatten)]
+        platform: PlatformArgs,
     },
     /// Print the hop table for a cluster without changing anything.
     Plan(PlanArgs),
+}
+
+/// Where the platform's Cluster Version Operator keeps its ClusterVersionShadows.
+#[derive(clap::Args)]
+struct PlatformArgs {
+    /// API group/version of ClusterVersionShadow (the platform does not publish it; check with
+    /// `kubectl api-resources | grep -i clusterversionshadow`).
+    #[arg(long, default_value = upgrade_controller::platform::DEFAULT_CVSH_API_VERSION)]
+    cvsh_api_version: String,
+    /// Namespace of the ClusterVersionShadows (one per cluster, named after it).
+    #[arg(long, default_value = upgrade_controller::platform::DEFAULT_CVSH_NAMESPACE)]
+    cvsh_namespace: String,
+    /// Name of the global cluster's own ClusterVersionShadow.
+    #[arg(long, default_value = "global")]
+    global_cluster: String,
+    /// Kubeconfig of the DR standby global cluster; when set, its ClusterVersionShadow must
+    /// also be at the target before a workload cluster moves.
+    #[arg(long)]
+    global_standby_kubeconfig: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -149,7 +172,13 @@ async fn plan(args: PlanArgs) -> anyhow::Result<()> {
             }))?;
             let mut ur = upgrade_controller::api::UpgradeRequest::new("preview", spec);
             ur.metadata.namespace = Some(args.namespace.clone());
-            let mut obs = reconcile::observe(&client, &ur, Default::default()).await?;
+            let cvsh = upgrade_controller::platform::CvshConfig::new(
+                upgrade_controller::platform::DEFAULT_CVSH_API_VERSION,
+                upgrade_controller::platform::DEFAULT_CVSH_NAMESPACE,
+                "global",
+            )
+            .map_err(anyhow::Error::msg)?;
+            let mut obs = observe::observe(&client, &ur, Default::default(), &cvsh).await?;
             if obs.cluster.is_none() {
                 anyhow::bail!(
                     "Cluster {}/{} not found",
@@ -195,9 +224,37 @@ async fn main() -> anyhow::Result<()> {
         Command::Run {
             namespace,
             capi_api_version,
+            platform,
         } => {
             let client = kube::Client::try_default().await?;
-            reconcile::run(client, namespace, capi_api_version.into()).await
+            let cvsh = CvshConfig::new(
+                &platform.cvsh_api_version,
+                &platform.cvsh_namespace,
+                &platform.global_cluster,
+            )
+            .map_err(anyhow::Error::msg)?;
+            let standby = match &platform.global_standby_kubeconfig {
+                Some(path) => {
+                    let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    let config = kube::Config::from_custom_kubeconfig(
+                        kubeconfig,
+                        &kube::config::KubeConfigOptions::default(),
+                    )
+                    .await?;
+                    Some(Standby {
+                        client: kube::Client::try_from(config)?,
+                        label: format!(
+                            "DR standby global cluster (ClusterVersionShadow {}/{} via {})",
+                            platform.cvsh_namespace,
+                            platform.global_cluster,
+                            path.display()
+                        ),
+                    })
+                }
+                None => None,
+            };
+            reconcile::run(client, namespace, capi_api_version.into(), cvsh, standby).await
         }
         Command::Plan(args) => plan(args).await,
     }

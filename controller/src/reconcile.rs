@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -17,12 +17,16 @@ use serde_json::{Value, json};
 use tracing::{info, instrument, warn};
 
 use crate::api::{
-    ClusterVersions, OSSupportMatrix, PlanStepKind, PoolStatus, StepState, UpgradeRequest,
-    UpgradeRequestStatus,
+    ClusterVersions, ExtensionStage, ExtensionsStatus, OSSupportMatrix, PlanStepKind, PoolStatus,
+    PreflightStatus, StepState, UpgradeRequest, UpgradeRequestStatus,
 };
 use crate::capi;
 use crate::decide::{self, Decision, Observed, Stall};
-use crate::status;
+use crate::observe::{Standby, get_opt, observe, observe_preflight, resolve_ref};
+use crate::platform::CvshConfig;
+use crate::preflight::{self, Scope};
+use crate::review;
+use crate::status::{self, Waiting};
 
 /// Field manager of every write this controller makes to others' objects.
 pub const FIELD_MANAGER: &str = "upgrade.cpaas.io/controller";
@@ -50,89 +54,10 @@ pub struct Context {
     pub client: Client,
     /// The CAPI API version to read and write.
     pub capi: capi::ApiVersion,
-}
-
-fn not_found(e: &kube::Error) -> bool {
-    matches!(e, kube::Error::Api(s) if s.code == 404)
-}
-
-async fn get_opt(api: &Api<DynamicObject>, name: &str) -> Result<Option<Value>, Error> {
-    match api.get(name).await {
-        Ok(o) => Ok(Some(serde_json::to_value(o)?)),
-        Err(e) if not_found(&e) => Ok(None),
-        Err(e) => Err(e.into()),
-    }
-}
-
-/// Reads everything `decide` needs.
-pub async fn observe(
-    client: &Client,
-    ur: &UpgradeRequest,
-    capi_version: capi::ApiVersion,
-) -> Result<Observed, Error> {
-    let ns = ur.namespace().unwrap_or_default();
-    let cluster_name = &ur.spec.cluster_name;
-    let ns_api = |ar: &kube::core::ApiResource| {
-        Api::<DynamicObject>::namespaced_with(client.clone(), &ns, ar)
-    };
-    let cluster = get_opt(&ns_api(&capi_version.cluster()), cluster_name).await?;
-    let mut obs = Observed {
-        cluster: cluster.clone(),
-        ..Observed::default()
-    };
-    obs.matrix = match Api::<OSSupportMatrix>::all(client.clone())
-        .get(&ur.spec.matrix_ref)
-        .await
-    {
-        Ok(m) => Some(m),
-        Err(e) if not_found(&e) => None,
-        Err(e) => return Err(e.into()),
-    };
-    let Some(cluster) = cluster else {
-        return Ok(obs);
-    };
-    let cp_ref = &cluster["spec"]["controlPlaneRef"];
-    if cp_ref["kind"] == "KubeadmControlPlane"
-        && let Some(name) = cp_ref["name"].as_str()
-    {
-        obs.kcp = get_opt(&ns_api(&capi_version.kubeadm_control_plane()), name).await?;
-    }
-    let mds = ns_api(&capi_version.machine_deployment())
-        .list(&ListParams::default())
-        .await?;
-    for md in mds.items {
-        let md = serde_json::to_value(md)?;
-        if md["spec"]["clusterName"].as_str() == Some(cluster_name) {
-            obs.mds.push(md);
-        }
-    }
-    let machines = ns_api(&capi_version.machine())
-        .list(
-            &ListParams::default().labels(&format!("{}={cluster_name}", capi::CLUSTER_NAME_LABEL)),
-        )
-        .await?;
-    for m in machines.items {
-        obs.machines.push(serde_json::to_value(m)?);
-    }
-    Ok(obs)
-}
-
-/// The API resource a (v1beta1 or v1beta2) reference points at; v1beta2 references name only
-/// the group, so the version comes from discovery (the group's preferred version).
-async fn resolve_ref(
-    client: &Client,
-    reference: &Value,
-) -> Result<Option<kube::core::ApiResource>, Error> {
-    let Some((group, version, kind)) = capi::ref_group_kind(reference) else {
-        return Ok(None);
-    };
-    if let Some(version) = version {
-        return Ok(Some(kube::core::ApiResource::from_gvk(
-            &kube::core::GroupVersionKind::gvk(&group, &version, &kind),
-        )));
-    }
-    let discovered = kube::discovery::group(client, &group).await?;
-    Ok(discovered.recommended_kind(&kind).map(|(ar, _)| ar))
+    /// Where the Cluster Version Operator's ClusterVersionShadows live.
+    pub cvsh: CvshConfig,
+    /// The DR standby global cluster, when configured.
+    pub standby: Option<Standby>,
 }
 
 /// Gets or creates the hop's clone of the template `source_ref` points at. A clone that exists
@@ -148,7 +73,7 @@ async fn ensure_template_clone(
 ) -> Result<Result<Value, Stall>, Error> {
     let Some(ar) = resolve_ref(client, source_ref).await? else {
         return Ok(Err(Stall {
-            reason: "TemplateNotFound",
+            reason: "TemplateNotFound".into(),
             message: format!("invalid infrastructure template reference {source_ref}"),
         }));
     };
@@ -156,7 +81,7 @@ async fn ensure_template_clone(
     let source_name = source_ref["name"].as_str().unwrap_or("");
     let Some(source) = get_opt(&api, source_name).await? else {
         return Ok(Err(Stall {
-            reason: "TemplateNotFound",
+            reason: "TemplateNotFound".into(),
             message: format!("{} {ns}/{source_name} does not exist", ar.kind),
         }));
     };
@@ -164,7 +89,7 @@ async fn ensure_template_clone(
         Ok(p) => p,
         Err(e) => {
             return Ok(Err(Stall {
-                reason: "UnsupportedProvider",
+                reason: "UnsupportedProvider".into(),
                 message: e.to_string(),
             }));
         }
@@ -185,7 +110,7 @@ async fn ensure_template_clone(
         Ok(c) => c,
         Err(e) => {
             return Ok(Err(Stall {
-                reason: "TemplateInvalid",
+                reason: "TemplateInvalid".into(),
                 message: e.to_string(),
             }));
         }
@@ -207,7 +132,7 @@ async fn ensure_template_clone(
     };
     if provider.image_of(&existing).as_deref() != Some(image) {
         return Ok(Err(Stall {
-            reason: "TemplateConflict",
+            reason: "TemplateConflict".into(),
             message: format!(
                 "{} {ns}/{name} exists but uses image {:?}, not {image}; delete it or fix the matrix",
                 ar.kind,
@@ -256,7 +181,7 @@ async fn execute(
         .find(|r| r.distribution_version == step.distribution_version)
     else {
         return Ok(Err(Stall {
-            reason: "MissingMatrixRow",
+            reason: "MissingMatrixRow".into(),
             message: format!(
                 "row {} left the matrix during the upgrade",
                 step.distribution_version
@@ -301,7 +226,7 @@ async fn execute(
             for pool in pools {
                 let Some(md) = obs.mds.iter().find(|m| capi::name(m) == pool) else {
                     return Ok(Err(Stall {
-                        reason: "PoolNotFound",
+                        reason: "PoolNotFound".into(),
                         message: format!("MachineDeployment {pool} no longer exists"),
                     }));
                 };
@@ -357,7 +282,7 @@ async fn ensure_bootstrap_clone(
 ) -> Result<Result<Value, Stall>, Error> {
     let Some(ar) = resolve_ref(client, source_ref).await? else {
         return Ok(Err(Stall {
-            reason: "TemplateNotFound",
+            reason: "TemplateNotFound".into(),
             message: format!("invalid bootstrap template reference {source_ref}"),
         }));
     };
@@ -365,7 +290,7 @@ async fn ensure_bootstrap_clone(
     let source_name = source_ref["name"].as_str().unwrap_or("");
     let Some(source) = get_opt(&api, source_name).await? else {
         return Ok(Err(Stall {
-            reason: "TemplateNotFound",
+            reason: "TemplateNotFound".into(),
             message: format!("{} {ns}/{source_name} does not exist", ar.kind),
         }));
     };
@@ -396,6 +321,109 @@ async fn ensure_bootstrap_clone(
     Ok(Ok(capi::reference_to(&clone, v1beta2_holder)))
 }
 
+/// Runs the preflight of `scope` and the (initial) review into `status`. `observedAt` moves
+/// only when a check changes, so an unchanged result writes nothing.
+fn record_preflight(
+    status: &mut UpgradeRequestStatus,
+    ur: &UpgradeRequest,
+    obs: &Observed,
+    scope: Scope,
+    now: Timestamp,
+) {
+    let (Some(kcp), Some(matrix), Some(target)) = (&obs.kcp, &obs.matrix, &status.target) else {
+        return;
+    };
+    let Some(pobs) = &obs.preflight else { return };
+    let Some(row) = matrix
+        .spec
+        .rows
+        .iter()
+        .find(|r| r.distribution_version == target.distribution_version)
+    else {
+        return;
+    };
+    let checks = preflight::evaluate(&preflight::Input {
+        spec: &ur.spec,
+        scope,
+        cluster_name: &ur.spec.cluster_name,
+        kcp,
+        mds: &obs.mds,
+        machines: &obs.machines,
+        plan: &status.plan,
+        target: row,
+        cvsh: obs.cvsh.as_ref(),
+        cvsh_where: obs.cvsh_where.clone(),
+        obs: pobs,
+    });
+    let label = scope.label();
+    let unchanged = status
+        .preflight
+        .as_ref()
+        .is_some_and(|p| p.scope == label && p.checks == checks);
+    if !unchanged {
+        status.preflight = Some(PreflightStatus {
+            observed_at: Time(now),
+            scope: label,
+            checks,
+        });
+    }
+    if scope == Scope::Initial {
+        let patches = pobs
+            .workload
+            .as_ref()
+            .map(|w| w.resource_patches.as_slice())
+            .unwrap_or_default();
+        let current_row = obs
+            .cvsh
+            .as_ref()
+            .and_then(crate::platform::current_version)
+            .and_then(|v| {
+                matrix
+                    .spec
+                    .rows
+                    .iter()
+                    .find(|r| crate::platform::same_version(&r.distribution_version, v))
+            });
+        status.review = Some(review::review(
+            patches,
+            current_row,
+            row,
+            &ur.spec.acknowledgements,
+        ));
+    }
+}
+
+/// Copies the cvsh's stages and conditions into status while Phase 1 runs.
+fn mirror_extensions(status: &mut UpgradeRequestStatus, cvsh: &Value) {
+    let Some(ext) = status.aligned_extensions.as_mut() else {
+        return;
+    };
+    ext.stages = cvsh["status"]["stages"]
+        .as_array()
+        .map(|stages| {
+            stages
+                .iter()
+                .map(|s| ExtensionStage {
+                    name: s["name"].as_str().unwrap_or("").to_string(),
+                    state: s["state"].as_str().map(str::to_string),
+                    message: s["message"]
+                        .as_str()
+                        .filter(|m| !m.is_empty())
+                        .map(str::to_string),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    ext.conditions = cvsh["status"]["conditions"]
+        .as_array()
+        .map(|cs| {
+            cs.iter()
+                .filter_map(|c| serde_json::from_value(c.clone()).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+}
+
 #[instrument(skip_all, fields(request = %ur.name_any(), namespace = ur.namespace().unwrap_or_default()))]
 pub async fn reconcile(ur: Arc<UpgradeRequest>, ctx: Arc<Context>) -> Result<Action, Error> {
     let client = &ctx.client;
@@ -406,23 +434,53 @@ pub async fn reconcile(ur: Arc<UpgradeRequest>, ctx: Arc<Context>) -> Result<Act
         Api::namespaced(client.clone(), &ur.namespace().unwrap_or_default());
     let ur = match requests.get(&ur.name_any()).await {
         Ok(fresh) => fresh,
-        Err(e) if not_found(&e) => return Ok(Action::await_change()),
+        Err(e) if crate::observe::not_found(&e) => return Ok(Action::await_change()),
         Err(e) => return Err(e.into()),
     };
-    let obs = observe(client, &ur, ctx.capi).await?;
+    let mut obs = observe(client, &ur, ctx.capi, &ctx.cvsh).await?;
     let generation = ur.metadata.generation.unwrap_or(0);
     let original = ur.status.clone().unwrap_or_default();
     let mut status = original.clone();
     let mut stall: Option<Stall> = None;
+    let mut waiting = Waiting::Nothing;
     let mut requeue = Duration::from_secs(300);
     let now = Timestamp::now();
+    let mut observed_scope: Option<Scope> = None;
 
     // Each pass either finishes (break) or records progress that lets the next pass decide
-    // further; a plan of n steps needs at most n + 2 passes.
-    for _ in 0..status.plan.len().max(16) + 2 {
+    // further; a plan of n steps needs at most n + 4 passes.
+    for _ in 0..status.plan.len().max(16) + 4 {
+        if let Some(scope) = decide::preflight_scope(&status) {
+            if observed_scope != Some(scope) {
+                obs.preflight = Some(
+                    observe_preflight(
+                        client,
+                        &ctx.cvsh,
+                        ctx.standby.as_ref(),
+                        &ur,
+                        &status,
+                        &obs,
+                        scope,
+                    )
+                    .await?,
+                );
+                observed_scope = Some(scope);
+            }
+            record_preflight(&mut status, &ur, &obs, scope, now);
+        }
         match decide::decide(&ur.spec, generation, &status, &obs, now) {
             Decision::Stall(s) => {
+                if status.plan_generation != Some(generation)
+                    && let Some(c) = preflight::from_plan_error(&s.reason, &s.message)
+                {
+                    status.preflight = Some(PreflightStatus {
+                        observed_at: Time(now),
+                        scope: Scope::Initial.label(),
+                        checks: vec![c],
+                    });
+                }
                 stall = Some(s);
+                requeue = Duration::from_secs(60);
                 break;
             }
             Decision::SetPlan {
@@ -453,6 +511,72 @@ pub async fn reconcile(ur: Arc<UpgradeRequest>, ctx: Arc<Context>) -> Result<Act
                     ),
                 );
                 status.target = Some(target);
+            }
+            Decision::Blocked { .. } => {
+                waiting = Waiting::Preflight;
+                requeue = Duration::from_secs(10);
+                break;
+            }
+            Decision::AwaitAcknowledgement { .. } => {
+                waiting = Waiting::Acknowledgement;
+                requeue = Duration::from_secs(15);
+                break;
+            }
+            Decision::RequestExtensions { version, write } => {
+                if write {
+                    let obj = ctx.cvsh.desired_update(&ur.spec.cluster_name, &version);
+                    info!(cvsh = %obs.cvsh_where, version, "requesting the Distribution Version");
+                    let api = Api::<DynamicObject>::namespaced_with(
+                        client.clone(),
+                        &ctx.cvsh.namespace,
+                        &ctx.cvsh.resource,
+                    );
+                    api.patch(
+                        &ur.spec.cluster_name,
+                        &PatchParams::apply(FIELD_MANAGER).force(),
+                        &Patch::Apply(&obj),
+                    )
+                    .await?;
+                }
+                status.aligned_extensions = Some(ExtensionsStatus {
+                    version: Some(version.clone()),
+                    state: Some(StepState::InProgress),
+                    requested_at: Some(Time(now)),
+                    ..Default::default()
+                });
+                status::push_history(
+                    &mut status,
+                    now,
+                    format!(
+                        "Phase 1: {} {} asked to move Core and Aligned extensions to {version}",
+                        if write { "set" } else { "found" },
+                        obs.cvsh_where
+                    ),
+                );
+                requeue = Duration::from_secs(5);
+                break;
+            }
+            Decision::ExtensionsDone => {
+                let ext = status
+                    .aligned_extensions
+                    .get_or_insert_with(Default::default);
+                ext.state = Some(StepState::Succeeded);
+                ext.finished_at = Some(Time(now));
+                if ext.version.is_none() {
+                    ext.version = status
+                        .target
+                        .as_ref()
+                        .map(|t| t.distribution_version.clone());
+                }
+                if let Some(cvsh) = &obs.cvsh {
+                    mirror_extensions(&mut status, cvsh);
+                }
+                let msg = format!(
+                    "Phase 1 finished: {} reports the target and Ready",
+                    obs.cvsh_where
+                );
+                info!("{msg}");
+                status::push_history(&mut status, now, msg);
             }
             Decision::Succeeded | Decision::Paused => break,
             Decision::Start { index, pools } => {
@@ -496,7 +620,22 @@ pub async fn reconcile(ur: Arc<UpgradeRequest>, ctx: Arc<Context>) -> Result<Act
             }
         }
     }
-    status::summarize(&mut status, stall.as_ref(), ur.spec.paused, generation, now);
+    if let Some(cvsh) = &obs.cvsh
+        && status
+            .aligned_extensions
+            .as_ref()
+            .is_some_and(|e| e.state == Some(StepState::InProgress))
+    {
+        mirror_extensions(&mut status, cvsh);
+    }
+    status::summarize(
+        &mut status,
+        stall.as_ref(),
+        waiting,
+        ur.spec.paused,
+        generation,
+        now,
+    );
     if status != original {
         let api: Api<UpgradeRequest> =
             Api::namespaced(client.clone(), &ur.namespace().unwrap_or_default());
@@ -508,7 +647,7 @@ pub async fn reconcile(ur: Arc<UpgradeRequest>, ctx: Arc<Context>) -> Result<Act
         .await?;
     }
     if let Some(s) = &stall {
-        warn!(reason = s.reason, "stalled: {}", s.message);
+        warn!(reason = %s.reason, "stalled: {}", s.message);
     }
     Ok(Action::requeue(requeue))
 }
@@ -524,6 +663,8 @@ pub async fn run(
     client: Client,
     namespace: Option<String>,
     capi_version: capi::ApiVersion,
+    cvsh: CvshConfig,
+    standby: Option<Standby>,
 ) -> anyhow::Result<()> {
     let requests: Api<UpgradeRequest> = match &namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
@@ -584,6 +725,8 @@ pub async fn run(
             Arc::new(Context {
                 client,
                 capi: capi_version,
+                cvsh,
+                standby,
             }),
         )
         .for_each(|res| async move {

@@ -7,6 +7,19 @@ use k8s_openapi::jiff::Timestamp;
 
 use crate::api::{HistoryEntry, Phase, StepState, UpgradeRequestStatus};
 use crate::decide::Stall;
+use crate::preflight;
+use crate::review;
+
+/// What a request that is neither stalled nor rolling out waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waiting {
+    /// Nothing: it is progressing (or finished).
+    Nothing,
+    /// Failed or unknown preflight checks.
+    Preflight,
+    /// The two-step review.
+    Acknowledgement,
+}
 
 /// Keep this many history entries.
 const HISTORY_LIMIT: usize = 50;
@@ -59,6 +72,7 @@ pub fn push_history(status: &mut UpgradeRequestStatus, now: Timestamp, message: 
 pub fn summarize(
     status: &mut UpgradeRequestStatus,
     stall: Option<&Stall>,
+    waiting: Waiting,
     paused: bool,
     generation: i64,
     now: Timestamp,
@@ -72,13 +86,31 @@ pub fn summarize(
     let planned = status.plan_generation.is_some();
     status.progress = planned.then(|| format!("{done}/{total}"));
     status.observed_generation = Some(generation);
-    let finished = planned && done == total;
+    // Finished means both phases: the Distribution Version and every hop.
+    let extensions_done = status
+        .aligned_extensions
+        .as_ref()
+        .is_some_and(|e| e.state == Some(StepState::Succeeded));
+    let finished = planned && done == total && extensions_done;
+    let extensions_running = status
+        .aligned_extensions
+        .as_ref()
+        .is_some_and(|e| e.requested_at.is_some() && e.state != Some(StepState::Succeeded));
     let phase = if let Some(_s) = stall {
         Phase::Stalled
     } else if finished {
         Phase::Succeeded
-    } else if paused && !status.plan.iter().any(|s| s.state == StepState::InProgress) {
+    } else if waiting == Waiting::Preflight {
+        Phase::Preflight
+    } else if waiting == Waiting::Acknowledgement {
+        Phase::AwaitingAcknowledgement
+    } else if paused
+        && !extensions_running
+        && !status.plan.iter().any(|s| s.state == StepState::InProgress)
+    {
         Phase::Paused
+    } else if extensions_running {
+        Phase::UpgradingExtensions
     } else if planned {
         Phase::Upgrading
     } else {
@@ -86,22 +118,102 @@ pub fn summarize(
     };
     status.phase = Some(phase);
 
-    let current_step = status
-        .plan
-        .iter()
-        .find(|s| s.state != StepState::Succeeded)
-        .map(|s| {
-            format!(
-                "step {}/{total}: {:?} to Kubernetes {} ({})",
-                s.index + 1,
-                s.kind,
-                s.kubernetes_version,
-                s.distribution_version
-            )
-        });
+    let gate_message = match waiting {
+        Waiting::Preflight => status.preflight.as_ref().map(|pf| {
+            let blocking: Vec<String> = preflight::blocking(&pf.checks)
+                .iter()
+                .map(|c| format!("{:?}: {}", c.name, c.message))
+                .collect();
+            format!("preflight ({}) blocks: {}", pf.scope, blocking.join("; "))
+        }),
+        Waiting::Acknowledgement => status.review.as_ref().and_then(review::pending_message),
+        Waiting::Nothing => None,
+    };
+    let current_step = if let Some(m) = &gate_message {
+        Some(m.clone())
+    } else if extensions_running {
+        Some(format!(
+            "Phase 1: the Cluster Version Operator is moving Core and Aligned extensions to {}",
+            status
+                .aligned_extensions
+                .as_ref()
+                .and_then(|e| e.version.clone())
+                .unwrap_or_default()
+        ))
+    } else {
+        status
+            .plan
+            .iter()
+            .find(|s| s.state != StepState::Succeeded)
+            .map(|s| {
+                format!(
+                    "step {}/{total}: {:?} to Kubernetes {} ({})",
+                    s.index + 1,
+                    s.kind,
+                    s.kubernetes_version,
+                    s.distribution_version
+                )
+            })
+    };
+    if let Some(pf) = &status.preflight {
+        let blocking = preflight::blocking(&pf.checks);
+        let (ok, reason, msg) = match blocking.first() {
+            None => (
+                true,
+                "AllChecksPassed".to_string(),
+                format!(
+                    "{} checks passed or skipped ({})",
+                    pf.checks.len(),
+                    pf.scope
+                ),
+            ),
+            Some(first) => (
+                false,
+                format!("{:?}", first.name),
+                blocking
+                    .iter()
+                    .map(|c| format!("{:?}: {}", c.name, c.message))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
+        };
+        set_condition(
+            &mut status.conditions,
+            "PreflightPassed",
+            ok,
+            &reason,
+            &msg,
+            generation,
+            now,
+        );
+    }
+    if let Some(r) = &status.review {
+        let requested = status
+            .aligned_extensions
+            .as_ref()
+            .is_some_and(|e| e.requested_at.is_some() || e.state == Some(StepState::Succeeded));
+        let pending = if requested {
+            None
+        } else {
+            review::pending_message(r)
+        };
+        let (reason, msg) = match &pending {
+            Some(m) => ("AcknowledgementRequired", m.clone()),
+            None => ("Acknowledged", String::new()),
+        };
+        set_condition(
+            &mut status.conditions,
+            "AcknowledgementRequired",
+            pending.is_some(),
+            reason,
+            &msg,
+            generation,
+            now,
+        );
+    }
     let c = &mut status.conditions;
     match stall {
-        Some(s) => set_condition(c, "Stalled", true, s.reason, &s.message, generation, now),
+        Some(s) => set_condition(c, "Stalled", true, &s.reason, &s.message, generation, now),
         None => set_condition(c, "Stalled", false, "NotStalled", "", generation, now),
     }
     let target = status
@@ -120,8 +232,19 @@ pub fn summarize(
         set_condition(c, "Ready", true, "Succeeded", &msg, generation, now);
     } else {
         let (reason, msg) = match (stall, phase) {
-            (Some(s), _) => (s.reason, s.message.clone()),
+            (Some(s), _) => (s.reason.as_str(), s.message.clone()),
             (None, Phase::Paused) => ("Paused", "spec.paused is true".to_string()),
+            (None, Phase::Preflight) => {
+                ("PreflightFailed", current_step.clone().unwrap_or_default())
+            }
+            (None, Phase::AwaitingAcknowledgement) => (
+                "AcknowledgementRequired",
+                current_step.clone().unwrap_or_default(),
+            ),
+            (None, Phase::UpgradingExtensions) => (
+                "UpgradingExtensions",
+                current_step.clone().unwrap_or_default(),
+            ),
             _ => ("Upgrading", current_step.clone().unwrap_or_default()),
         };
         set_condition(c, "Ready", false, reason, &msg, generation, now);
@@ -132,7 +255,13 @@ pub fn summarize(
         c,
         "Reconciling",
         reconciling,
-        if reconciling { "Upgrading" } else { "Idle" },
+        match (reconciling, phase) {
+            (false, _) => "Idle",
+            (true, Phase::Preflight) => "WaitingForPreflight",
+            (true, Phase::AwaitingAcknowledgement) => "WaitingForAcknowledgement",
+            (true, Phase::UpgradingExtensions) => "UpgradingExtensions",
+            (true, _) => "Upgrading",
+        },
         if reconciling { &msg } else { "" },
         generation,
         now,

@@ -60,9 +60,23 @@ pub struct MatrixRow {
     /// from to this row. Empty means the platform publishes no restriction.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub upgradeable_from: Vec<String>,
+    /// Kubernetes minors a cluster may run when it starts the upgrade to this row, e.g.
+    /// `{min: "1.31", max: "1.34"}` for ACP 4.3. Absent: the row's minor and the three below.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compatible_kubernetes: Option<KubernetesRange>,
     /// Add-ons released with this Distribution Version, with the impact of moving to it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub aligned_extensions: Vec<AlignedExtension>,
+}
+
+/// An inclusive range of Kubernetes minors (`1.31`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct KubernetesRange {
+    #[schemars(regex(pattern = r"^v?1\.[0-9]+$"))]
+    pub min: String,
+    #[schemars(regex(pattern = r"^v?1\.[0-9]+$"))]
+    pub max: String,
 }
 
 /// Image names per infrastructure provider; each defaults to the row's osImageVersion.

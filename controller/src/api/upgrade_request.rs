@@ -52,6 +52,90 @@ pub struct UpgradeRequestSpec {
     /// How long one rollout may take before the request stops with Stalled=True.
     #[serde(default)]
     pub timeouts: Timeouts,
+
+    /// The two-step review (DOMAIN.md §2): Step 1 modifications and Step 2 impacts the
+    /// operator has reviewed, plus OS images confirmed by hand where the platform cannot
+    /// check them. Plain spec fields, so they can come from Git.
+    #[serde(default)]
+    pub acknowledgements: Acknowledgements,
+
+    /// Preflight settings.
+    #[serde(default)]
+    pub preflight: PreflightSpec,
+}
+
+/// What the operator has reviewed and accepts. `"*"` in a list accepts everything of its kind.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Acknowledgements {
+    /// Step 1: names of the cluster's ResourcePatches (modifications of platform components)
+    /// that may be overwritten by the upgrade; listed in `status.review.modifications`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub modifications: Vec<String>,
+    /// Step 2: names of Aligned extensions whose Medium or High impact upgrade is accepted;
+    /// listed in `status.review.impacts`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub impacts: Vec<String>,
+    /// OS image names the operator confirmed are staged, for providers whose API cannot
+    /// show it (the OSImagesStaged check lists the exact names).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub images: Vec<String>,
+}
+
+/// Preflight settings.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct PreflightSpec {
+    /// Checks not to run; each skip shows as `Skipped` in `status.preflight.checks`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub skip: Vec<CheckName>,
+}
+
+/// The stable names of the preflight checks.
+#[derive(
+    schemars::JsonSchema,
+    Serialize,
+    Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+)]
+pub enum CheckName {
+    /// The target resolves to a row of the matrix.
+    TargetRowExists,
+    /// The target row lists the cluster's Distribution Version in `upgradeableFrom`.
+    UpgradePathSupported,
+    /// The target is not below the cluster's Distribution Version or Kubernetes versions.
+    NotADowngrade,
+    /// The cluster's Kubernetes versions are within the target's compatible range.
+    KubernetesVersionsCompatible,
+    /// The global cluster (and the DR standby, when configured) is at the target.
+    GlobalTierAtTarget,
+    /// The cluster's Distribution Version is below the global cluster's.
+    WorkloadBelowGlobal,
+    /// The workload API server answers and the control plane is fully ready.
+    ControlPlaneHealthy,
+    /// Every Machine's node is Ready.
+    NodesReady,
+    /// No KubeadmControlPlane or MachineDeployment rollout is under way.
+    NoRolloutInProgress,
+    /// Every slot (IP/hostname) pool a rollout draws from has room for its surge.
+    IPPoolCapacity,
+    /// Every hop's OS image is staged under its exact name.
+    OSImagesStaged,
+    /// No other active UpgradeRequest holds this cluster.
+    SingleActiveRequest,
+    /// The platform's own preflight (the cluster's ClusterVersionShadow) passed.
+    PlatformPreflight,
 }
 
 fn default_matrix_ref() -> String {
@@ -159,6 +243,118 @@ pub struct UpgradeRequestStatus {
     /// Finished steps and outcomes, newest first.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub history: Vec<HistoryEntry>,
+    /// The last preflight: before anything is written, then before each hop.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preflight: Option<PreflightStatus>,
+    /// The two-step review: what needs acknowledging and whether it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub review: Option<ReviewStatus>,
+    /// Phase 1: the Distribution Version (Core + Aligned extensions) through the cluster's
+    /// ClusterVersionShadow.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aligned_extensions: Option<ExtensionsStatus>,
+}
+
+/// Result of the last preflight.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PreflightStatus {
+    /// When the checks last changed.
+    pub observed_at: Time,
+    /// `Initial` (before anything is written) or `Hop N` (before hop N's control plane).
+    pub scope: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub checks: Vec<PreflightCheck>,
+}
+
+/// One preflight check.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PreflightCheck {
+    pub name: CheckName,
+    pub state: CheckState,
+    /// CamelCase reason.
+    pub reason: String,
+    /// What was found and, when not Passed, the exact fix.
+    pub message: String,
+}
+
+/// Outcome of a check. Failed and Unknown block; Skipped was disabled by spec.
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckState {
+    Passed,
+    Failed,
+    Unknown,
+    Skipped,
+}
+
+/// What the operator must acknowledge before anything is written.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ReviewStatus {
+    /// Step 1: the cluster's ResourcePatches not exempted for the target.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub modifications: Vec<Modification>,
+    /// Step 2: Aligned extensions whose version changes, with their impact.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub impacts: Vec<ExtensionImpact>,
+}
+
+/// A ResourcePatch the upgrade may overwrite.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Modification {
+    pub name: String,
+    pub acknowledged: bool,
+}
+
+/// An Aligned extension moving between the current and the target row.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ExtensionImpact {
+    pub name: String,
+    /// Version in the cluster's current row (absent when the extension is new).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    pub to: String,
+    pub impact: crate::api::Impact,
+    /// Medium and High need acknowledgement.
+    pub acknowledgement_required: bool,
+    pub acknowledged: bool,
+}
+
+/// Phase 1 through the ClusterVersionShadow (DOMAIN.md §2).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct ExtensionsStatus {
+    /// The Distribution Version requested in `spec.desiredUpdate.version`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<StepState>,
+    /// When the request was written (never re-requested after).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_at: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
+    /// The ClusterVersionShadow's stages, mirrored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stages: Vec<ExtensionStage>,
+    /// The ClusterVersionShadow's conditions, mirrored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// One stage reported by the Cluster Version Operator.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ExtensionStage {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// Coarse state of a request.
@@ -166,7 +362,13 @@ pub struct UpgradeRequestStatus {
 pub enum Phase {
     /// Accepted; not planned yet.
     Pending,
-    /// Rolling out the plan.
+    /// Waiting for failed or unknown preflight checks (see status.preflight).
+    Preflight,
+    /// Waiting for the two-step review in spec.acknowledgements (see status.review).
+    AwaitingAcknowledgement,
+    /// Phase 1: the Cluster Version Operator moves Core and Aligned extensions.
+    UpgradingExtensions,
+    /// Phase 2: rolling out the Kubernetes hops.
     Upgrading,
     /// Stopped at a step boundary because spec.paused is true.
     Paused,
