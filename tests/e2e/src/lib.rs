@@ -6,6 +6,9 @@
 //! CAPI's own criteria.
 
 pub mod capi;
+pub mod cvo;
+pub mod dcs;
 pub mod harness;
+pub mod platform;
 pub mod project;
 pub mod testenv;

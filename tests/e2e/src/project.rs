@@ -11,11 +11,20 @@ fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// Installs (idempotently) the project's CRDs from config/crd and the sample matrix `default`.
+/// Installs (idempotently) the project's CRDs from config/crd, the test copies of the
+/// platform's CRDs (ClusterVersionShadow, ResourcePatch) from tests/e2e/manifests/platform, and
+/// the sample matrix `default`.
 pub async fn install(client: &kube::Client) {
     install_crds(client, &repo_root().join("config/crd"), false)
         .await
         .expect("installing the project's CRDs");
+    install_crds(
+        client,
+        &repo_root().join("tests/e2e/manifests/platform"),
+        false,
+    )
+    .await
+    .expect("installing the test copies of the platform's CRDs");
     let matrix = read_yaml_docs(&repo_root().join("config/samples/os-support-matrix.yaml"))
         .expect("reading the sample matrix");
     testenv::apply_cluster_scoped(client, &matrix)
@@ -30,29 +39,45 @@ pub fn sample_matrix() -> serde_json::Value {
         .remove(0)
 }
 
-/// Builds the controller binary (a no-op when it is current) and returns its path.
-fn controller_binary() -> PathBuf {
+/// Builds binary `name` of workspace package `package` (a no-op when it is current) and returns
+/// its path. Tests run it as a real process: the controller, and test doubles of external
+/// systems such as the stand-in CVO.
+pub(crate) fn binary(package: &str, name: &str) -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(cargo)
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "upgrade-controller",
-            "--bin",
-            "upgrade-controller",
-        ])
-        .current_dir(repo_root())
+    let mut build = Command::new(cargo);
+    build
+        .args(["build", "--quiet", "-p", package, "--bin", name])
+        .current_dir(repo_root());
+    // Cargo runs tests with the package's own variables set. Some build scripts (ring's) rerun
+    // when CARGO_MANIFEST_DIR changes, so passing them on would rebuild half the dependency
+    // tree here and again at the next plain `cargo build`.
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("CARGO_PKG_")
+            || key.starts_with("CARGO_BIN_EXE_")
+            || [
+                "CARGO_MANIFEST_DIR",
+                "CARGO_MANIFEST_PATH",
+                "CARGO_CRATE_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+            ]
+            .contains(&key.as_ref())
+        {
+            build.env_remove(key.as_ref());
+        }
+    }
+    let status = build
         .status()
-        .expect("running cargo build for the controller");
-    assert!(status.success(), "building upgrade-controller failed");
+        .unwrap_or_else(|e| panic!("running cargo build for {name}: {e}"));
+    assert!(status.success(), "building {name} failed");
     // Binaries live in <target>/debug, integration tests one level down in debug/deps.
     let exe = std::env::current_exe().expect("test executable path");
     let mut dir = exe.parent().expect("executable directory");
     if dir.ends_with("deps") {
         dir = dir.parent().expect("target profile directory");
     }
-    let bin = dir.join("upgrade-controller");
+    let bin = dir.join(name);
     assert!(
         bin.exists(),
         "{} not found after building it",
@@ -69,8 +94,13 @@ pub struct Controller {
 
 impl Controller {
     pub fn start(namespace: &str) -> Self {
+        Self::start_with(namespace, &[])
+    }
+
+    /// [`Controller::start`] with extra `run` flags (e.g. [`crate::platform::Platform::controller_args`]).
+    pub fn start_with(namespace: &str, extra: &[String]) -> Self {
         let env = harness::env();
-        let bin = controller_binary();
+        let bin = binary("upgrade-controller", "upgrade-controller");
         let log = env
             .kubeconfig
             .parent()
@@ -83,6 +113,7 @@ impl Controller {
             .expect("controller log file");
         let child = Command::new(bin)
             .args(["run", "--namespace", namespace])
+            .args(extra)
             .env("KUBECONFIG", &env.kubeconfig)
             .env("RUST_LOG", "info,kube=warn")
             .stdin(Stdio::null())

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use e2e::capi;
 use e2e::harness;
+use e2e::platform::Platform;
 use e2e::project::{self, Controller};
 use futures::TryStreamExt;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams, VersionMatch};
@@ -322,6 +323,35 @@ async fn assert_upgrade(client: &kube::Client, ns: &str, ur: &UpgradeRequest, wr
     );
 }
 
+/// Phase 1 ran through the stand-in CVO, was asked for exactly once, and finished before the
+/// first hop started; every initial preflight check passed.
+async fn assert_phase_one(client: &kube::Client, platform: &Platform, ur: &UpgradeRequest) {
+    let status = ur.status.as_ref().unwrap();
+    let ext = status.aligned_extensions.as_ref().expect("Phase 1 status");
+    assert_eq!(ext.state, Some(StepState::Succeeded));
+    assert_eq!(ext.version.as_deref(), Some("4.3.2"));
+    let done = ext.finished_at.as_ref().expect("Phase 1 finish time").0;
+    let first_hop = status.plan[0].started_at.as_ref().unwrap().0;
+    assert!(
+        done <= first_hop,
+        "Phase 1 finished {done} after the first hop started {first_hop}"
+    );
+    let cvsh = platform.cvsh(client, "demo").await;
+    assert_eq!(cvsh["status"]["current"]["version"], "4.3.2");
+    assert_eq!(cvsh["spec"]["desiredUpdate"]["version"], "4.3.2");
+    let history = cvsh["status"]["history"].as_array().unwrap();
+    assert_eq!(history.len(), 1, "requested once: {history:?}");
+    assert!(
+        ur.status
+            .as_ref()
+            .unwrap()
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "PreflightPassed" && c.status == "True"),
+        "the last preflight passed"
+    );
+}
+
 /// Latency from a step's gate turning true to the controller's next write, per hop.
 fn gate_to_write(writes: &[Write], gates: &HashMap<(String, String), Instant>) -> Vec<Duration> {
     let mut out = Vec::new();
@@ -359,6 +389,7 @@ fn gate_to_write(writes: &[Write], gates: &HashMap<(String, String), Instant>) -
 async fn demo_cluster_upgrades_from_4_0_to_4_3_one_minor_at_a_time() {
     let client = harness::client().await;
     let ns = demo_cluster(&client, "engine").await;
+    let platform = Platform::start(&client, &ns, "demo", "4.0.11", "4.3.2").await;
     let writes = record_writes(&client, &ns);
     let gates = record_gates(&client, &ns);
     create_request(
@@ -370,7 +401,7 @@ async fn demo_cluster_upgrades_from_4_0_to_4_3_one_minor_at_a_time() {
         }),
     )
     .await;
-    let _controller = Controller::start(&ns);
+    let _controller = Controller::start_with(&ns, &platform.controller_args());
     let ur = wait_request(&client, &ns, "to-4-3", UPGRADE_TIMEOUT, |ur| {
         ur.status.as_ref().and_then(|s| s.phase) == Some(Phase::Succeeded)
     })
@@ -379,6 +410,7 @@ async fn demo_cluster_upgrades_from_4_0_to_4_3_one_minor_at_a_time() {
     let writes = writes.lock().unwrap().clone();
     let gates = gates.lock().unwrap().clone();
     assert_upgrade(&client, &ns, &ur, &writes).await;
+    assert_phase_one(&client, &platform, &ur).await;
 
     let mut lat = gate_to_write(&writes, &gates);
     lat.sort();
@@ -407,6 +439,7 @@ async fn demo_cluster_upgrades_from_4_0_to_4_3_one_minor_at_a_time() {
 async fn upgrade_resumes_after_the_controller_is_killed_mid_hop() {
     let client = harness::client().await;
     let ns = demo_cluster(&client, "crash").await;
+    let platform = Platform::start(&client, &ns, "demo", "4.0.11", "4.3.2").await;
     let writes = record_writes(&client, &ns);
     create_request(
         &client,
@@ -415,7 +448,7 @@ async fn upgrade_resumes_after_the_controller_is_killed_mid_hop() {
         json!({"clusterName": "demo", "targetVersion": "4.3"}),
     )
     .await;
-    let mut controller = Controller::start(&ns);
+    let mut controller = Controller::start_with(&ns, &platform.controller_args());
     // Kill it while the second hop's control plane is rolling out.
     wait_request(&client, &ns, "to-4-3", UPGRADE_TIMEOUT, |ur| {
         ur.status.as_ref().is_some_and(|s| {
@@ -429,7 +462,7 @@ async fn upgrade_resumes_after_the_controller_is_killed_mid_hop() {
     controller.kill();
     eprintln!("controller killed during step 3 (control plane to 1.33)");
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let _controller = Controller::start(&ns);
+    let _controller = Controller::start_with(&ns, &platform.controller_args());
     let ur = wait_request(&client, &ns, "to-4-3", UPGRADE_TIMEOUT, |ur| {
         ur.status.as_ref().and_then(|s| s.phase) == Some(Phase::Succeeded)
     })
@@ -437,6 +470,7 @@ async fn upgrade_resumes_after_the_controller_is_killed_mid_hop() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let writes = writes.lock().unwrap().clone();
     assert_upgrade(&client, &ns, &ur, &writes).await;
+    assert_phase_one(&client, &platform, &ur).await;
     harness::delete_namespace(&client, &ns).await;
 }
 

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use e2e::capi;
 use e2e::harness;
+use e2e::platform::{GLOBAL, Platform};
 use e2e::project::{self, Controller};
 use kube::api::{Api, PostParams};
 use serde_json::json;
@@ -47,13 +48,28 @@ async fn main() -> Result<()> {
     }
     eprintln!("   cluster running after {took:?}");
 
+    // The platform around it: the global cluster already at 4.3.2 and this cluster at 4.0.11,
+    // each with its ClusterVersionShadow, served by the stand-in Cluster Version Operator (a
+    // test double of the platform's, which is not public).
+    let platform = Platform::start(&client, &ns, "demo", "4.0.11", "4.3.2").await;
+    eprintln!(
+        "== platform: ClusterVersionShadows {ns}-platform/{{global,demo}} at 4.3.2 / 4.0.11, stand-in CVO log {}",
+        platform.cvo.log.display()
+    );
+
     // The same preview `upgrade-controller plan --cluster demo -n <ns> --target 4.3` prints.
     let ur: UpgradeRequest = serde_json::from_value(json!({
         "apiVersion": "upgrade.cpaas.io/v1alpha1", "kind": "UpgradeRequest",
         "metadata": {"name": "to-4-3", "namespace": ns},
         "spec": {"clusterName": "demo", "targetVersion": "4.3", "workers": {"maxConcurrentPools": 2}},
     }))?;
-    let obs = upgrade_controller::reconcile::observe(&client, &ur, Default::default()).await?;
+    let cvsh = upgrade_controller::platform::CvshConfig::new(
+        upgrade_controller::platform::DEFAULT_CVSH_API_VERSION,
+        &platform.namespace,
+        GLOBAL,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let obs = upgrade_controller::observe::observe(&client, &ur, Default::default(), &cvsh).await?;
     let matrix = obs.matrix.clone().context("sample matrix missing")?;
     let steps = preview::preview(&obs, &matrix.spec.rows, "4.3", WorkerStrategy::EveryHop)?;
     eprintln!("== plan to 4.3:\n{}", preview::table(&steps));
@@ -61,13 +77,13 @@ async fn main() -> Result<()> {
     Api::<UpgradeRequest>::namespaced(client.clone(), &ns)
         .create(&PostParams::default(), &ur)
         .await?;
-    let controller = Controller::start(&ns);
+    let controller = Controller::start_with(&ns, &platform.controller_args());
     eprintln!(
         "== upgrade-controller running (log: {})",
         controller.log.display()
     );
     println!(
-        "{:<8} {:<10} {:<6} {:<7} MESSAGE",
+        "{:<20} {:<6} {:<6} {:<7} MESSAGE",
         "PHASE", "STEP", "READY", "ELAPSED"
     );
     let api = Api::<UpgradeRequest>::namespaced(client.clone(), &ns);
@@ -78,7 +94,7 @@ async fn main() -> Result<()> {
         let status = ur.status.unwrap_or_default();
         let ready = status.conditions.iter().find(|c| c.type_ == "Ready");
         let line = format!(
-            "{:<8} {:<10} {:<6}",
+            "{:<20} {:<6} {:<6}",
             status.phase.map(|p| format!("{p:?}")).unwrap_or_default(),
             status.progress.clone().unwrap_or_default(),
             ready.map(|c| c.status.clone()).unwrap_or_default(),
