@@ -1,10 +1,14 @@
-//! The generated CustomResourceDefinitions, as written to `config/crd/` by `crdgen`.
+//! The generated CustomResourceDefinitions, as written to `config/crd/` and the Helm chart's
+//! `crds/` by `crdgen`.
 
 use kube::CustomResourceExt;
 
 use crate::api::{OSSupportMatrix, UpgradeRequest};
 
-/// `(file name under config/crd/, YAML)` for every CRD of the project.
+/// Where `crdgen` writes the CRDs, relative to the repository root.
+pub const DIRS: [&str; 2] = ["config/crd", "charts/upgrade-controller/crds"];
+
+/// `(file name, YAML)` for every CRD of the project.
 pub fn files() -> Vec<(String, String)> {
     [OSSupportMatrix::crd(), UpgradeRequest::crd()]
         .into_iter()

@@ -1,17 +1,24 @@
-//! Writes the project's CRDs to `config/crd/` (or the directory given as the only argument).
+//! Writes the project's CRDs to `config/crd/` and to the Helm chart's `crds/` (or only to the
+//! directory given as the only argument).
 
 use std::path::PathBuf;
 
 fn main() -> anyhow::Result<()> {
-    let dir = std::env::args_os()
-        .nth(1)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../config/crd"));
-    std::fs::create_dir_all(&dir)?;
-    for (name, yaml) in upgrade_controller::crd::files() {
-        let path = dir.join(&name);
-        std::fs::write(&path, yaml)?;
-        eprintln!("wrote {}", path.display());
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dirs = match std::env::args_os().nth(1) {
+        Some(dir) => vec![PathBuf::from(dir)],
+        None => upgrade_controller::crd::DIRS
+            .iter()
+            .map(|d| root.join(d))
+            .collect(),
+    };
+    for dir in dirs {
+        std::fs::create_dir_all(&dir)?;
+        for (name, yaml) in upgrade_controller::crd::files() {
+            let path = dir.join(&name);
+            std::fs::write(&path, yaml)?;
+            eprintln!("wrote {}", path.display());
+        }
     }
     Ok(())
 }

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use crate::harness;
 use crate::testenv::{self, install_crds, read_yaml_docs};
 
-fn repo_root() -> PathBuf {
+pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
@@ -99,22 +99,29 @@ impl Controller {
 
     /// [`Controller::start`] with extra `run` flags (e.g. [`crate::platform::Platform::controller_args`]).
     pub fn start_with(namespace: &str, extra: &[String]) -> Self {
+        let mut args: Vec<String> = vec!["run".into(), "--namespace".into(), namespace.into()];
+        args.extend_from_slice(extra);
+        Self::start_as(namespace, &harness::env().kubeconfig, &args)
+    }
+
+    /// The controller binary with exactly `args`, authenticated by `kubeconfig` (e.g. a
+    /// ServiceAccount token, to prove its RBAC); logs to `logs/controller-<label>.log`.
+    pub fn start_as(label: &str, kubeconfig: &Path, args: &[String]) -> Self {
         let env = harness::env();
         let bin = binary("upgrade-controller", "upgrade-controller");
         let log = env
             .kubeconfig
             .parent()
             .expect("state dir")
-            .join(format!("logs/controller-{namespace}.log"));
+            .join(format!("logs/controller-{label}.log"));
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&log)
             .expect("controller log file");
         let child = Command::new(bin)
-            .args(["run", "--namespace", namespace])
-            .args(extra)
-            .env("KUBECONFIG", &env.kubeconfig)
+            .args(args)
+            .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,kube=warn")
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("log handle"))

@@ -7,6 +7,7 @@
 #   etcd, kube-apiserver, kube-controller-manager, kubectl   (apiserver/, KUBERNETES_VERSION + ETCD_VERSION)
 #   capi-manager, capi-kubeadm-bootstrap-manager,
 #   capi-kubeadm-control-plane-manager, capd-manager   (capi/, CAPI_VERSION)
+#   helm                                               (go install, HELM_VERSION)
 #
 # Environment: UC_CACHE_DIR (default ~/.cache/upgrade-controller) holds the binaries; Go's own
 # GOMODCACHE and GOCACHE are used as configured (both outside the repository by default).
@@ -35,7 +36,7 @@ check_pin capi sigs.k8s.io/cluster-api/test "$CAPI_VERSION"
 key="$(cd "$here" && { go version; cat versions.env apiserver/go.mod apiserver/go.sum apiserver/etcd/main.go capi/go.mod capi/go.sum build.sh; } | sha256sum | cut -c1-16)"
 cache="${UC_CACHE_DIR:-$HOME/.cache/upgrade-controller}/testenv"
 out="$cache/$key"
-bins=(etcd kube-apiserver kube-controller-manager kubectl capi-manager capi-kubeadm-bootstrap-manager capi-kubeadm-control-plane-manager capd-manager)
+bins=(etcd kube-apiserver kube-controller-manager kubectl capi-manager capi-kubeadm-bootstrap-manager capi-kubeadm-control-plane-manager capd-manager helm)
 
 complete() {
 	for b in "${bins[@]}"; do [ -x "$out/bin/$b" ] || return 1; done
@@ -101,6 +102,10 @@ capi_ldflags="-s -w -X sigs.k8s.io/cluster-api/version.gitVersion=$CAPI_VERSION 
 	go build -trimpath -ldflags "$capi_ldflags" -o "$tmp/bin/capd-manager" sigs.k8s.io/cluster-api/test/infrastructure/docker
 )
 rm -rf "$src"
+
+log "building helm $HELM_VERSION"
+# `go install pkg@version` builds with helm's own go.mod and go.sum, outside our modules.
+GOFLAGS= GOBIN="$tmp/bin" go install -trimpath -ldflags "-s -w" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
 
 # CRDs and webhook configurations as each provider publishes them; testenv applies them after
 # adding what clusterctl and kustomize normally add (contract labels, webhook URLs, CA bundle).

@@ -810,3 +810,153 @@ async fn a_stalled_cluster_version_operator_stalls_the_request_with_its_reason()
     site.assert_proceeds("up", "v1.34.5-3", "4.3.2").await;
     site.finish().await;
 }
+
+/// Renders the Helm chart with `helm template` for release `release` in `ns`.
+fn render_chart(release: &str, ns: &str, set: &[String]) -> Vec<Value> {
+    use serde::Deserialize;
+    let helm = harness::env().helm();
+    assert!(
+        helm.exists(),
+        "{} is missing: the running test control plane predates helm in tests/e2e/testenv/build.sh; run `make testenv-down` and retry",
+        helm.display()
+    );
+    let mut cmd = std::process::Command::new(&helm);
+    cmd.args([
+        "template",
+        release,
+        "charts/upgrade-controller",
+        "--namespace",
+        ns,
+    ])
+    .current_dir(project::repo_root());
+    for s in set {
+        cmd.args(["--set", s]);
+    }
+    let out = cmd.output().expect("running helm template");
+    assert!(
+        out.status.success(),
+        "helm template failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|d| Value::deserialize(d).unwrap())
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+/// A kubeconfig for the test control plane that authenticates as ServiceAccount `ns/name`.
+async fn service_account_kubeconfig(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+) -> std::path::PathBuf {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let tr = Api::<ServiceAccount>::namespaced(client.clone(), ns)
+        .create_token_request(
+            name,
+            &PostParams::default(),
+            &TokenRequest {
+                spec: TokenRequestSpec {
+                    audiences: vec![],
+                    expiration_seconds: Some(3600),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("a token for the chart's ServiceAccount");
+    let token = tr.status.expect("token status").token;
+    let admin = std::fs::read_to_string(&harness::env().kubeconfig).unwrap();
+    let mut kc: Value = serde_yaml_ng::from_str(&admin).unwrap();
+    for user in kc["users"].as_array_mut().unwrap() {
+        user["user"] = json!({"token": token});
+    }
+    let path = harness::env()
+        .kubeconfig
+        .with_file_name(format!("kubeconfig-{ns}-{name}"));
+    std::fs::write(&path, serde_yaml_ng::to_string(&kc).unwrap()).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_helm_chart_runs_the_controller_with_only_the_rights_it_grants() {
+    let mut site = Site::new("pf-chart", &ROW_4_2_5, "4.3.2", |_| {}).await;
+    site.stage("4.3.2").await;
+    let release = site.ns.clone();
+    let docs = render_chart(
+        &release,
+        &site.ns,
+        &[
+            format!("watchNamespace={}", site.ns),
+            format!("cvsh.namespace={}", site.platform.namespace),
+        ],
+    );
+    let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Deployment"
+        ]
+    );
+    // Everything the chart renders is accepted by the API server as is.
+    let (cluster_scoped, namespaced): (Vec<Value>, Vec<Value>) = docs
+        .into_iter()
+        .partition(|d| d["kind"].as_str().unwrap().starts_with("Cluster"));
+    e2e::testenv::apply_cluster_scoped(&site.client, &cluster_scoped)
+        .await
+        .unwrap();
+    capi::create_all(&site.client, &site.ns, &namespaced)
+        .await
+        .unwrap();
+    // Run the controller as the Deployment would: its args, its ServiceAccount's token.
+    let deployment = namespaced
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .unwrap();
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let args: Vec<String> = container["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    assert!(args.contains(&format!("--cvsh-namespace={}", site.platform.namespace)));
+    let sa = deployment["spec"]["template"]["spec"]["serviceAccountName"]
+        .as_str()
+        .unwrap();
+    let kubeconfig = service_account_kubeconfig(&site.client, &site.ns, sa).await;
+    site.controller = Some(Controller::start_as(
+        &format!("{}-chart", site.ns),
+        &kubeconfig,
+        &args,
+    ));
+    site.request("up", json!({})).await;
+    // Preflight (pools, machines, Secrets, ConfigMaps, requests), Phase 1 (cvsh), the template
+    // clone and the KCP write all happen with the ClusterRole's rights alone.
+    site.assert_proceeds("up", "v1.34.5-3", "4.3.2").await;
+    let log = std::fs::read_to_string(&site.controller.as_ref().unwrap().log).unwrap();
+    assert!(
+        !log.to_lowercase().contains("forbidden"),
+        "the controller hit an RBAC denial:\n{log}"
+    );
+    for (kind, plural) in [
+        ("ClusterRole", "clusterroles"),
+        ("ClusterRoleBinding", "clusterrolebindings"),
+    ] {
+        let api: Api<DynamicObject> = Api::all_with(
+            site.client.clone(),
+            &kube::core::ApiResource::from_gvk_with_plural(
+                &kube::core::GroupVersionKind::gvk("rbac.authorization.k8s.io", "v1", kind),
+                plural,
+            ),
+        );
+        let _ = api.delete(&release, &DeleteParams::default()).await;
+    }
+    site.finish().await;
+}

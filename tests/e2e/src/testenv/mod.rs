@@ -121,6 +121,11 @@ impl Running {
     pub fn kubectl(&self) -> PathBuf {
         self.build_dir.join("bin/kubectl")
     }
+
+    /// Helm, built with the control plane (HELM_VERSION), to render the chart.
+    pub fn helm(&self) -> PathBuf {
+        self.build_dir.join("bin/helm")
+    }
 }
 
 /// Runs `build.sh` (a no-op when its cache is warm) and returns the build directory.
