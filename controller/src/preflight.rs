@@ -706,9 +706,13 @@ fn images(i: &Input<'_>) -> PreflightCheck {
     let mut missing = Vec::new();
     let mut unverifiable = Vec::new();
     let mut ok = Vec::new();
+    let (mut not_needed, mut why_not_needed) = (Vec::new(), "");
     for im in &i.obs.images {
         match &im.lookup {
-            ImageLookup::NotNeeded { reason } => ok.push(format!("{}: {reason}", im.image)),
+            ImageLookup::NotNeeded { reason } => {
+                not_needed.push(im.image.as_str());
+                why_not_needed = reason.as_str();
+            }
             ImageLookup::ConfigMap {
                 namespace,
                 label_selector,
@@ -756,6 +760,9 @@ fn images(i: &Input<'_>) -> PreflightCheck {
                 unverifiable.join(", ")
             ),
         );
+    }
+    if !not_needed.is_empty() {
+        ok.push(format!("{}: {why_not_needed}", not_needed.join(", ")));
     }
     passed(name, ok.join("; "))
 }

@@ -82,16 +82,35 @@ async fn main() -> Result<()> {
         "== upgrade-controller running (log: {})",
         controller.log.display()
     );
-    println!(
-        "{:<20} {:<6} {:<6} {:<7} MESSAGE",
-        "PHASE", "STEP", "READY", "ELAPSED"
-    );
     let api = Api::<UpgradeRequest>::namespaced(client.clone(), &ns);
     let started = Instant::now();
     let mut last = String::new();
+    let mut preflight_shown = false;
     loop {
         let ur = api.get("to-4-3").await?;
         let status = ur.status.unwrap_or_default();
+        if !preflight_shown && let Some(pf) = &status.preflight {
+            println!("preflight ({}):", pf.scope);
+            for c in &pf.checks {
+                println!(
+                    "  {:<30} {:<8} {}",
+                    format!("{:?}", c.name),
+                    format!("{:?}", c.state),
+                    c.message
+                );
+            }
+            preflight_shown = true;
+        }
+        if status.phase.is_none() || !preflight_shown {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            continue;
+        }
+        if last.is_empty() {
+            println!(
+                "{:<20} {:<6} {:<6} {:<7} MESSAGE",
+                "PHASE", "STEP", "READY", "ELAPSED"
+            );
+        }
         let ready = status.conditions.iter().find(|c| c.type_ == "Ready");
         let line = format!(
             "{:<20} {:<6} {:<6}",
