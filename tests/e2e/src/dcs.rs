@@ -61,7 +61,7 @@ pub async fn install_crds(client: &kube::Client) -> Result<()> {
 
 /// A DCS workload cluster that CAPI leaves alone, fully rolled out at `cp_version`.
 ///
-/// ```ignore
+/// ```text
 /// let cluster = StaticDcsCluster {
 ///     pools: vec![("md-a".into(), 2)],
 ///     ip_pool_spare: 1,
