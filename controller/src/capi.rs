@@ -66,6 +66,13 @@ pub fn is_v1beta2(obj: &Value) -> bool {
         .is_some_and(|v| v.ends_with("/v1beta2"))
 }
 
+/// The API resource of `kind` at `api_version` (`group/version`, or `v1` for the core group),
+/// with the conventional plural.
+pub fn api_resource(api_version: &str, kind: &str) -> ApiResource {
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    ApiResource::from_gvk(&kube::core::GroupVersionKind::gvk(group, version, kind))
+}
+
 /// `(group, version if the reference names one, kind)` of a v1beta1 reference (`apiVersion`)
 /// or a v1beta2 one (`apiGroup`, the version being the provider's contract version).
 pub fn ref_group_kind(reference: &Value) -> Option<(String, Option<String>, String)> {

@@ -207,14 +207,8 @@ async fn slot_count(
     provider: &'static dyn providers::Provider,
     pool: &providers::SlotPoolRef,
 ) -> Result<providers::SlotCount, String> {
-    let (group, version) = pool
-        .api_version
-        .rsplit_once('/')
-        .unwrap_or(("", &pool.api_version));
     let pool_ns = pool.namespace.clone().unwrap_or_else(|| ns.to_string());
-    let ar = kube::core::ApiResource::from_gvk(&kube::core::GroupVersionKind::gvk(
-        group, version, &pool.kind,
-    ));
+    let ar = capi::api_resource(&pool.api_version, &pool.kind);
     let api = Api::<DynamicObject>::namespaced_with(client.clone(), &pool_ns, &ar);
     let object = match api.get(&pool.name).await {
         Ok(o) => serde_json::to_value(o).map_err(|e| e.to_string())?,
@@ -235,9 +229,8 @@ async fn slot_count(
     };
     let mut holders = Vec::new();
     if let Some(kind) = provider.slot_holder_kind() {
-        let ar = kube::core::ApiResource::from_gvk(&kube::core::GroupVersionKind::gvk(
-            group, version, kind,
-        ));
+        // Holders are of the pool's group and version.
+        let ar = capi::api_resource(&pool.api_version, kind);
         let api = Api::<DynamicObject>::namespaced_with(client.clone(), &pool_ns, &ar);
         let list = api
             .list(&ListParams::default())

@@ -27,16 +27,14 @@ pub const DEFAULT_CVSH_NAMESPACE: &str = "cpaas-system";
 impl CvshConfig {
     /// `api_version` is `group/version`.
     pub fn new(api_version: &str, namespace: &str, global_name: &str) -> Result<Self, String> {
-        let Some((group, version)) = api_version.split_once('/') else {
-            return Err(format!(
-                "cvsh API version {api_version:?} must be GROUP/VERSION, e.g. {DEFAULT_CVSH_API_VERSION}"
-            ));
-        };
-        if group.is_empty() || version.is_empty() || version.contains('/') {
-            return Err(format!(
-                "cvsh API version {api_version:?} must be GROUP/VERSION, e.g. {DEFAULT_CVSH_API_VERSION}"
-            ));
-        }
+        let (group, version) = api_version
+            .split_once('/')
+            .filter(|(g, v)| !g.is_empty() && !v.is_empty() && !v.contains('/'))
+            .ok_or_else(|| {
+                format!(
+                    "cvsh API version {api_version:?} must be GROUP/VERSION, e.g. {DEFAULT_CVSH_API_VERSION}"
+                )
+            })?;
         let gvk = GroupVersionKind::gvk(group, version, "ClusterVersionShadow");
         let resource = ApiResource::from_gvk_with_plural(&gvk, "clusterversionshadows");
         Ok(Self {

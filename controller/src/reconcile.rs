@@ -9,6 +9,7 @@ use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::core::ApiResource;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
@@ -60,6 +61,32 @@ pub struct Context {
     pub standby: Option<Standby>,
 }
 
+/// The template `source_ref` (an `infrastructure` or `bootstrap` template reference) points at:
+/// its API resource, an API for its namespace, and the object; a person must fix a reference
+/// that resolves to nothing.
+async fn template_source(
+    client: &Client,
+    ns: &str,
+    source_ref: &Value,
+    what: &str,
+) -> Result<Result<(ApiResource, Api<DynamicObject>, Value), Stall>, Error> {
+    let Some(ar) = resolve_ref(client, source_ref).await? else {
+        return Ok(Err(Stall {
+            reason: "TemplateNotFound".into(),
+            message: format!("invalid {what} template reference {source_ref}"),
+        }));
+    };
+    let api = Api::<DynamicObject>::namespaced_with(client.clone(), ns, &ar);
+    let source_name = source_ref["name"].as_str().unwrap_or("");
+    let Some(source) = get_opt(&api, source_name).await? else {
+        return Ok(Err(Stall {
+            reason: "TemplateNotFound".into(),
+            message: format!("{} {ns}/{source_name} does not exist", ar.kind),
+        }));
+    };
+    Ok(Ok((ar, api, source)))
+}
+
 /// Gets or creates the hop's clone of the template `source_ref` points at. A clone that exists
 /// with another image is a conflict a person must resolve.
 async fn ensure_template_clone(
@@ -71,19 +98,9 @@ async fn ensure_template_clone(
     owner: &Value,
     v1beta2_holder: bool,
 ) -> Result<Result<Value, Stall>, Error> {
-    let Some(ar) = resolve_ref(client, source_ref).await? else {
-        return Ok(Err(Stall {
-            reason: "TemplateNotFound".into(),
-            message: format!("invalid infrastructure template reference {source_ref}"),
-        }));
-    };
-    let api = Api::<DynamicObject>::namespaced_with(client.clone(), ns, &ar);
-    let source_name = source_ref["name"].as_str().unwrap_or("");
-    let Some(source) = get_opt(&api, source_name).await? else {
-        return Ok(Err(Stall {
-            reason: "TemplateNotFound".into(),
-            message: format!("{} {ns}/{source_name} does not exist", ar.kind),
-        }));
+    let (ar, api, source) = match template_source(client, ns, source_ref, "infrastructure").await? {
+        Ok(found) => found,
+        Err(s) => return Ok(Err(s)),
     };
     let provider = match providers::for_template_kind(&ar.kind) {
         Ok(p) => p,
@@ -145,11 +162,10 @@ async fn ensure_template_clone(
 
 /// Server-side applies a partial CAPI object under this controller's field manager.
 async fn apply(client: &Client, ns: &str, obj: &Value) -> Result<(), Error> {
-    let api_version = obj["apiVersion"].as_str().unwrap_or_default();
-    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
-    let kind = obj["kind"].as_str().unwrap_or_default();
-    let ar =
-        kube::core::ApiResource::from_gvk(&kube::core::GroupVersionKind::gvk(group, version, kind));
+    let ar = capi::api_resource(
+        obj["apiVersion"].as_str().unwrap_or_default(),
+        obj["kind"].as_str().unwrap_or_default(),
+    );
     let api = Api::<DynamicObject>::namespaced_with(client.clone(), ns, &ar);
     api.patch(
         capi::name(obj),
@@ -280,21 +296,12 @@ async fn ensure_bootstrap_clone(
     owner: &Value,
     v1beta2_holder: bool,
 ) -> Result<Result<Value, Stall>, Error> {
-    let Some(ar) = resolve_ref(client, source_ref).await? else {
-        return Ok(Err(Stall {
-            reason: "TemplateNotFound".into(),
-            message: format!("invalid bootstrap template reference {source_ref}"),
-        }));
+    let (_, api, source) = match template_source(client, ns, source_ref, "bootstrap").await? {
+        Ok(found) => found,
+        Err(s) => return Ok(Err(s)),
     };
-    let api = Api::<DynamicObject>::namespaced_with(client.clone(), ns, &ar);
-    let source_name = source_ref["name"].as_str().unwrap_or("");
-    let Some(source) = get_opt(&api, source_name).await? else {
-        return Ok(Err(Stall {
-            reason: "TemplateNotFound".into(),
-            message: format!("{} {ns}/{source_name} does not exist", ar.kind),
-        }));
-    };
-    let base = providers::template_base(&source).unwrap_or_else(|_| source_name.to_string());
+    let base =
+        providers::template_base(&source).unwrap_or_else(|_| capi::name(&source).to_string());
     let name = providers::clone_name(&base, version, capi::KUBELET_PATCH_PATH);
     if get_opt(&api, &name).await?.is_none() {
         let mut spec = source["spec"].clone();

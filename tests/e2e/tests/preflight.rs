@@ -312,18 +312,9 @@ impl Site {
                 .delete(&ur.metadata.name.unwrap(), &DeleteParams::default())
                 .await;
         }
-        let matrices: Api<DynamicObject> = Api::all_with(
-            self.client.clone(),
-            &kube::core::ApiResource::from_gvk_with_plural(
-                &kube::core::GroupVersionKind::gvk(
-                    "upgrade.cpaas.io",
-                    "v1alpha1",
-                    "OSSupportMatrix",
-                ),
-                "ossupportmatrices",
-            ),
-        );
-        let _ = matrices.delete(&self.ns, &DeleteParams::default()).await;
+        let _ = matrix_api(&self.client)
+            .delete(&self.ns, &DeleteParams::default())
+            .await;
         let images: Vec<String> = ["4.1.6", "4.2.5", "4.3.2"]
             .iter()
             .map(|dv| self.image(dv))
@@ -539,15 +530,17 @@ fn matrix_api(client: &kube::Client) -> Api<DynamicObject> {
     )
 }
 
+/// The platform's ResourcePatches (cluster-scoped).
+fn resource_patch_api(client: &kube::Client) -> Api<DynamicObject> {
+    Api::all_with(
+        client.clone(),
+        &upgrade_controller::platform::resource_patch_resource(),
+    )
+}
+
 /// A ResourcePatch on the (shared) control plane, the workload API of every static cluster.
 async fn resource_patch(client: &kube::Client, name: &str, exempt_for: Option<&str>) {
-    let api: Api<DynamicObject> = Api::all_with(
-        client.clone(),
-        &kube::core::ApiResource::from_gvk_with_plural(
-            &kube::core::GroupVersionKind::gvk("operator.alauda.io", "v1alpha1", "ResourcePatch"),
-            "resourcepatches",
-        ),
-    );
+    let api = resource_patch_api(client);
     let mut obj = json!({
         "apiVersion": "operator.alauda.io/v1alpha1", "kind": "ResourcePatch",
         "metadata": {"name": name, "annotations": {}},
@@ -752,18 +745,9 @@ async fn the_review_waits_for_acknowledgements_then_phase_one_precedes_any_kcp_w
         "the CVO's stages are mirrored"
     );
     for name in [&rp, &rp_exempt] {
-        let api: Api<DynamicObject> = Api::all_with(
-            site.client.clone(),
-            &kube::core::ApiResource::from_gvk_with_plural(
-                &kube::core::GroupVersionKind::gvk(
-                    "operator.alauda.io",
-                    "v1alpha1",
-                    "ResourcePatch",
-                ),
-                "resourcepatches",
-            ),
-        );
-        let _ = api.delete(name, &DeleteParams::default()).await;
+        let _ = resource_patch_api(&site.client)
+            .delete(name, &DeleteParams::default())
+            .await;
     }
     site.finish().await;
 }
