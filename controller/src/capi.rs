@@ -8,6 +8,8 @@ use serde_json::{Value, json};
 
 pub const CLUSTER_GROUP: &str = "cluster.x-k8s.io";
 pub const CONTROLPLANE_GROUP: &str = "controlplane.cluster.x-k8s.io";
+pub const INFRASTRUCTURE_GROUP: &str = "infrastructure.cluster.x-k8s.io";
+pub const BOOTSTRAP_GROUP: &str = "bootstrap.cluster.x-k8s.io";
 pub const V1BETA1: &str = "v1beta1";
 pub const V1BETA2: &str = "v1beta2";
 /// Label CAPI puts on Machines and MachineDeployments naming their Cluster.
@@ -56,6 +58,9 @@ impl ApiVersion {
     }
     pub fn machine(self) -> ApiResource {
         self.resource(CLUSTER_GROUP, "Machine")
+    }
+    pub fn machine_pool(self) -> ApiResource {
+        self.resource(CLUSTER_GROUP, "MachinePool")
     }
 }
 
@@ -146,6 +151,153 @@ pub fn reference_to(obj: &Value, v1beta2_holder: bool) -> Value {
         "name": obj["metadata"]["name"],
         "namespace": obj["metadata"]["namespace"],
     })
+}
+
+/// KCP `spec.kubeadmConfigSpec.clusterConfiguration.dns.imageTag`.
+pub const KCP_DNS_TAG_PATH: &[&str] = &[
+    "spec",
+    "kubeadmConfigSpec",
+    "clusterConfiguration",
+    "dns",
+    "imageTag",
+];
+/// KCP `spec.kubeadmConfigSpec.clusterConfiguration.etcd.local.imageTag`.
+pub const KCP_ETCD_TAG_PATH: &[&str] = &[
+    "spec",
+    "kubeadmConfigSpec",
+    "clusterConfiguration",
+    "etcd",
+    "local",
+    "imageTag",
+];
+
+fn at<'a>(obj: &'a Value, path: &[&str]) -> &'a Value {
+    path.iter().fold(obj, |v, k| &v[*k])
+}
+
+/// The string at `path`, if there is one.
+pub fn str_at<'a>(obj: &'a Value, path: &[&str]) -> Option<&'a str> {
+    at(obj, path).as_str()
+}
+
+/// The boolean at `path`; false when absent.
+pub fn bool_at(obj: &Value, path: &[&str]) -> bool {
+    at(obj, path).as_bool().unwrap_or(false)
+}
+
+/// The field managers (other than this controller's) that own the field at `path` of `obj`,
+/// from `metadata.managedFields` (`fieldsV1` keys are `f:<name>`).
+pub fn field_managers(obj: &Value, path: &[&str]) -> Vec<String> {
+    let mut out: Vec<String> = obj["metadata"]["managedFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|entry| {
+            let mut node = &entry["fieldsV1"];
+            for key in path {
+                node = &node[format!("f:{key}").as_str()];
+            }
+            !node.is_null()
+        })
+        .filter_map(|entry| entry["manager"].as_str())
+        .filter(|m| *m != crate::FIELD_MANAGER)
+        .map(str::to_string)
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Why the KubeadmControlPlane `kcp` is not the control plane of `cluster`, if it is not: it
+/// must be in the Cluster's namespace and owned by it (CAPI's Cluster controller sets that
+/// ownerReference); a control plane CAPI has not adopted yet must at least carry the Cluster's
+/// name label.
+pub fn not_owned_by(kcp: &Value, cluster: &Value) -> Option<String> {
+    let ns = cluster["metadata"]["namespace"].as_str();
+    if kcp["metadata"]["namespace"].as_str() != ns {
+        return Some("is in another namespace than its Cluster".into());
+    }
+    let cluster_name = name(cluster);
+    let owners: Vec<&Value> = kcp["metadata"]["ownerReferences"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|o| o["kind"] == "Cluster")
+        .collect();
+    if owners.is_empty() {
+        return (kcp["metadata"]["labels"][CLUSTER_NAME_LABEL].as_str() != Some(cluster_name))
+            .then(|| {
+                format!("has no owning Cluster and no {CLUSTER_NAME_LABEL}={cluster_name} label")
+            });
+    }
+    let uid = cluster["metadata"]["uid"].as_str();
+    let ours = owners.iter().any(|o| {
+        o["name"].as_str() == Some(cluster_name)
+            && (uid.is_none() || o["uid"].as_str().is_none() || o["uid"].as_str() == uid)
+    });
+    (!ours).then(|| {
+        let names: Vec<&str> = owners.iter().filter_map(|o| o["name"].as_str()).collect();
+        format!("is owned by Cluster {}", names.join(", "))
+    })
+}
+
+/// What a reference must point at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefKind {
+    /// A machine template of a provider this controller has a module for.
+    InfrastructureTemplate,
+    /// A `KubeadmConfigTemplate`.
+    BootstrapTemplate,
+}
+
+/// Whether `reference` (v1beta1 `{apiVersion, kind, name, namespace}` or v1beta2
+/// `{apiGroup, kind, name}`) stays in namespace `ns` and names the expected group and kind.
+/// An absent reference is fine here (CAPI's webhooks require the ones that must exist).
+pub fn check_reference(reference: &Value, kind: RefKind, ns: &str) -> Result<(), String> {
+    if reference.is_null() {
+        return Ok(());
+    }
+    let Some((group, _, ref_kind)) = ref_group_kind(reference) else {
+        return Err("has no kind or API group".into());
+    };
+    if reference["name"].as_str().is_none_or(str::is_empty) {
+        return Err("has no name".into());
+    }
+    if let Some(other) = reference["namespace"].as_str().filter(|n| !n.is_empty())
+        && other != ns
+    {
+        return Err(format!("points into namespace {other:?}"));
+    }
+    let ok = match kind {
+        RefKind::InfrastructureTemplate => {
+            group == INFRASTRUCTURE_GROUP && providers::for_template_kind(&ref_kind).is_ok()
+        }
+        RefKind::BootstrapTemplate => {
+            group == BOOTSTRAP_GROUP && ref_kind == "KubeadmConfigTemplate"
+        }
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "names {ref_kind} of group {group:?}, not {}",
+            match kind {
+                RefKind::InfrastructureTemplate =>
+                    "a machine template of group infrastructure.cluster.x-k8s.io that a provider module handles",
+                RefKind::BootstrapTemplate =>
+                    "a KubeadmConfigTemplate of group bootstrap.cluster.x-k8s.io",
+            }
+        ))
+    }
+}
+
+/// What makes a bootstrap template clone distinct besides its line and version: the kubelet
+/// image-pull patch it adds (part of the clone's name hash; changing it renames every clone).
+pub const KUBELET_PATCH_VARIANT: &str = "kubelet-image-pull-never-verify";
+
+/// The name of the KubeadmConfigTemplate clone of line `base` for a hop to `version` (≥ 1.35).
+pub fn bootstrap_clone_name(base: &str, version: &str) -> String {
+    providers::clone_name(base, version, KUBELET_PATCH_VARIANT)
 }
 
 /// Whether Kubernetes `(major, minor)` needs the kubelet image-pull patch (≥ 1.35).
@@ -245,6 +397,20 @@ pub fn md_apply(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bootstrap_clone_names_are_stable_and_not_the_image_path() {
+        // Golden: FNV-1a of (base, version, KUBELET_PATCH_VARIANT), computed independently.
+        assert_eq!(
+            bootstrap_clone_name("prod-a-md-a-cfg", "v1.35.6-acp.1"),
+            "prod-a-md-a-cfg-v1-35-6-acp-1-663e66a5"
+        );
+        assert_ne!(
+            bootstrap_clone_name("prod-a-md-a-cfg", "v1.35.6-acp.1"),
+            providers::clone_name("prod-a-md-a-cfg", "v1.35.6-acp.1", KUBELET_PATCH_PATH),
+            "the variant is the patch, not the file path"
+        );
+    }
 
     fn kcp() -> Value {
         json!({

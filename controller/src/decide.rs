@@ -2,11 +2,13 @@
 //! thing to do. Pure (the clock is passed in) and idempotent: the same observations give the
 //! same decision, so a restarted controller picks up exactly where it stopped.
 
+use std::time::Duration;
+
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use serde_json::Value;
 
 use crate::api::{
-    OSSupportMatrix, PlanStep, PlanStepKind, StepState, TargetRow, UpgradeRequestSpec,
+    MAX_TIMEOUT, OSSupportMatrix, PlanStep, PlanStepKind, StepState, TargetRow, UpgradeRequestSpec,
     UpgradeRequestStatus,
 };
 use crate::capi;
@@ -33,6 +35,11 @@ pub struct Observed {
     pub cvsh_where: String,
     /// What the preflight reads, when one is due ([`preflight_scope`]).
     pub preflight: Option<PreflightObs>,
+    /// Names of the Cluster's MachinePools (which this controller cannot move).
+    pub machine_pools: Vec<String>,
+    /// Why the Cluster cannot be mapped to a ClusterVersionShadow, when it cannot
+    /// ([`crate::platform::CvshConfig::name_for`]).
+    pub cvsh_refused: Option<Stall>,
 }
 
 /// Why a request cannot go on; `reason` is the Stalled condition's reason.
@@ -47,6 +54,8 @@ pub struct Stall {
 pub enum Decision {
     /// Nothing can proceed until a person acts.
     Stall(Stall),
+    /// The Cluster is paused (`spec.paused`): CAPI rolls nothing out, so nothing is written.
+    ClusterPaused { message: String },
     /// Record a (new) plan.
     SetPlan {
         steps: Vec<PlanStep>,
@@ -80,9 +89,11 @@ pub enum Decision {
 
 /// The versions the cluster declares: KCP spec.version and each MD's template version.
 pub fn declared(obs: &Observed) -> Option<CurrentVersions> {
-    let kcp = obs.kcp.as_ref()?;
-    let mut pools: Vec<PoolVersion> = obs
-        .mds
+    Some(declared_versions(obs.kcp.as_ref()?, &obs.mds))
+}
+
+fn declared_versions(kcp: &Value, mds: &[Value]) -> CurrentVersions {
+    let mut pools: Vec<PoolVersion> = mds
         .iter()
         .map(|md| PoolVersion {
             name: capi::name(md).to_string(),
@@ -90,10 +101,10 @@ pub fn declared(obs: &Observed) -> Option<CurrentVersions> {
         })
         .collect();
     pools.sort_by(|a, b| a.name.cmp(&b.name));
-    Some(CurrentVersions {
+    CurrentVersions {
         control_plane: capi::kcp_version(kcp).unwrap_or("").to_string(),
         pools,
-    })
+    }
 }
 
 fn stall(reason: &str, message: impl Into<String>) -> Decision {
@@ -101,27 +112,6 @@ fn stall(reason: &str, message: impl Into<String>) -> Decision {
         reason: reason.into(),
         message: message.into(),
     })
-}
-
-/// Parses `45m`, `1h30m`, `90s`.
-pub fn parse_duration(s: &str) -> Option<SignedDuration> {
-    let mut total = 0i64;
-    let mut num = String::new();
-    for c in s.chars() {
-        if c.is_ascii_digit() {
-            num.push(c);
-            continue;
-        }
-        let n: i64 = num.parse().ok()?;
-        num.clear();
-        total += n * match c {
-            'h' => 3600,
-            'm' => 60,
-            's' => 1,
-            _ => return None,
-        };
-    }
-    (num.is_empty() && !s.is_empty()).then(|| SignedDuration::from_secs(total))
 }
 
 /// Which row image name the cluster's provider uses, from the KCP's infrastructure template.
@@ -229,11 +219,94 @@ pub fn control_plane_pending(obs: &Observed, kcp: &Value, version: &str) -> Vec<
     gate::control_plane_pending(kcp, &machines, version)
 }
 
-/// The next thing to do for a request with `spec` and `status` (whose `generation` is
-/// `generation`), given `obs`, at `now`.
+/// Whether the plan is fixed: the platform was asked for the target (or found at it). Before
+/// that the plan follows the cluster and the spec on every pass; after it, finished steps and
+/// step numbers never change, and the API server refuses edits of the plan's inputs
+/// (`UpgradeRequest` CEL rule).
+pub fn plan_frozen(status: &UpgradeRequestStatus) -> bool {
+    status
+        .aligned_extensions
+        .as_ref()
+        .is_some_and(|e| e.requested_at.is_some() || e.finished_at.is_some())
+        || status.plan.iter().any(|s| s.state != StepState::Pending)
+}
+
+/// What this controller cannot upgrade, said before anything else (DESIGN.md "Flow" 1):
+/// ClusterClass clusters, MachinePools, a control plane owned by another Cluster, and
+/// references that leave the namespace or name unexpected kinds.
+fn unsupported(spec: &UpgradeRequestSpec, obs: &Observed, cluster: &Value) -> Option<Stall> {
+    let name = &spec.cluster_name;
+    if !cluster["spec"]["topology"].is_null() {
+        return Some(Stall {
+            reason: "ClusterClassManaged".into(),
+            message: format!(
+                "Cluster {name} is managed by a ClusterClass (spec.topology): upgrade it by raising spec.topology.version one minor at a time, which CAPI's topology controller rolls out itself; this controller only moves clusters without spec.topology"
+            ),
+        });
+    }
+    if !obs.machine_pools.is_empty() {
+        return Some(Stall {
+            reason: "MachinePoolsUnsupported".into(),
+            message: format!(
+                "Cluster {name} has MachinePools ({}); this controller moves KubeadmControlPlane and MachineDeployments only, so the MachinePools would fall out of the version-skew policy — move their workers to MachineDeployments, or upgrade this cluster by hand",
+                obs.machine_pools.join(", ")
+            ),
+        });
+    }
+    if let Some(kcp) = &obs.kcp
+        && let Some(why) = capi::not_owned_by(kcp, cluster)
+    {
+        return Some(Stall {
+            reason: "ControlPlaneNotOwned".into(),
+            message: format!(
+                "KubeadmControlPlane {} {why}; spec.controlPlaneRef of Cluster {name} must name the Cluster's own control plane",
+                capi::name(kcp)
+            ),
+        });
+    }
+    let ns = cluster["metadata"]["namespace"].as_str().unwrap_or("");
+    let mut refs = Vec::new();
+    if let Some(kcp) = &obs.kcp {
+        refs.push((
+            format!(
+                "KubeadmControlPlane {} infrastructure template",
+                capi::name(kcp)
+            ),
+            capi::kcp_infrastructure_ref(kcp),
+            capi::RefKind::InfrastructureTemplate,
+        ));
+    }
+    for md in &obs.mds {
+        refs.push((
+            format!(
+                "MachineDeployment {} infrastructure template",
+                capi::name(md)
+            ),
+            capi::md_infrastructure_ref(md),
+            capi::RefKind::InfrastructureTemplate,
+        ));
+        refs.push((
+            format!("MachineDeployment {} bootstrap template", capi::name(md)),
+            capi::md_bootstrap_ref(md),
+            capi::RefKind::BootstrapTemplate,
+        ));
+    }
+    for (what, reference, kind) in refs {
+        if let Err(why) = capi::check_reference(reference, kind, ns) {
+            return Some(Stall {
+                reason: "ReferenceRefused".into(),
+                message: format!(
+                    "the {what} reference {reference} {why}; this controller only reads and clones templates of the expected kinds in the request's own namespace"
+                ),
+            });
+        }
+    }
+    None
+}
+
+/// The next thing to do for a request with `spec` and `status`, given `obs`, at `now`.
 pub fn decide(
     spec: &UpgradeRequestSpec,
-    generation: i64,
     status: &UpgradeRequestStatus,
     obs: &Observed,
     now: Timestamp,
@@ -247,6 +320,12 @@ pub fn decide(
             ),
         );
     };
+    if let Some(s) = &obs.cvsh_refused {
+        return Decision::Stall(s.clone());
+    }
+    if let Some(s) = unsupported(spec, obs, cluster) {
+        return Decision::Stall(s);
+    }
     let Some(kcp) = &obs.kcp else {
         let cp_ref = &cluster["spec"]["controlPlaneRef"];
         return stall(
@@ -266,27 +345,52 @@ pub fn decide(
             ),
         );
     };
+    for (field, t) in [
+        ("spec.timeouts.controlPlane", &spec.timeouts.control_plane),
+        ("spec.timeouts.workerPool", &spec.timeouts.worker_pool),
+    ] {
+        if let Err(e) = t.get() {
+            return stall(
+                "InvalidSpec",
+                format!("{field}: {e}; set a duration between 1m and 720h such as 45m"),
+            );
+        }
+    }
     let key = match image_key(kcp) {
         Ok(k) => k,
         Err(s) => return Decision::Stall(s),
     };
-    let Some(current) = declared(obs) else {
-        unreachable!("kcp is present");
-    };
+    let current = declared_versions(kcp, &obs.mds);
 
-    let in_progress = status.plan.iter().any(|s| s.state == StepState::InProgress);
-    let replan = status.plan.is_empty() || status.plan_generation != Some(generation);
-    if replan && !in_progress {
-        return match fresh_plan(spec, matrix, key, &current) {
-            Ok(p) => Decision::SetPlan {
-                steps: plan_steps(&p),
+    // Until the platform is asked for the target, the plan follows the cluster and the spec
+    // (a request held by another one re-plans from wherever that one left the cluster).
+    if !plan_frozen(status) {
+        let p = match fresh_plan(spec, matrix, key, &current) {
+            Ok(p) => p,
+            Err(s) => return Decision::Stall(s),
+        };
+        let steps = plan_steps(&p);
+        let target = TargetRow {
+            distribution_version: p.target_row.distribution_version.clone(),
+            kubernetes_version: p.target_row.kubernetes_version.clone(),
+        };
+        let same_plan = status.plan.len() == steps.len()
+            && status.plan.iter().zip(&steps).all(|(a, b)| same_step(a, b));
+        if status.target.as_ref() != Some(&target) || !same_plan {
+            return Decision::SetPlan {
+                steps,
                 current,
-                target: TargetRow {
-                    distribution_version: p.target_row.distribution_version.clone(),
-                    kubernetes_version: p.target_row.kubernetes_version.clone(),
-                },
-            },
-            Err(s) => Decision::Stall(s),
+                target,
+            };
+        }
+    }
+
+    if capi::bool_at(cluster, &["spec", "paused"]) {
+        return Decision::ClusterPaused {
+            message: format!(
+                "Cluster {} has spec.paused: true, and CAPI rolls nothing out in a paused cluster; nothing is written until it is unpaused",
+                spec.cluster_name
+            ),
         };
     }
 
@@ -336,10 +440,16 @@ pub fn decide(
                         .collect::<Vec<_>>()
                         .join(", ")
                 };
+                let details = outside_details(status, index, obs, kcp);
                 return stall(
                     "ClusterChangedOutside",
                     format!(
-                        "the cluster's declared versions changed outside this request: the plan expects next [{}] but the cluster now needs [{}]; restore the versions or create a new UpgradeRequest",
+                        "the cluster's declared versions changed outside this request{}: the plan expects next [{}] but the cluster now needs [{}]; restore the versions or create a new UpgradeRequest",
+                        if details.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" ({})", details.join("; "))
+                        },
                         describe(remaining),
                         describe(&fresh)
                     ),
@@ -384,7 +494,7 @@ pub fn decide(
             };
             Decision::Start { index, pools }
         }
-        StepState::InProgress => in_progress_step(spec, obs, kcp, index, step, now),
+        StepState::InProgress => in_progress_step(spec, status, obs, kcp, index, now),
         StepState::Succeeded => unreachable!("position() skipped succeeded steps"),
     }
 }
@@ -392,7 +502,7 @@ pub fn decide(
 /// Which preflight is due now, if any: the initial one until Phase 1 has been requested, then
 /// one before each hop's control-plane step.
 pub fn preflight_scope(status: &UpgradeRequestStatus) -> Option<Scope> {
-    status.plan_generation?;
+    status.target.as_ref()?;
     let ext = status.aligned_extensions.clone().unwrap_or_default();
     if ext.state != Some(StepState::Succeeded) {
         return ext.requested_at.is_none().then_some(Scope::Initial);
@@ -488,21 +598,166 @@ fn phase_one(
     Some(wait)
 }
 
+/// The version pool `pool` declared before step `index`: the last finished Workers step that
+/// moved it, or what it declared when the plan was made.
+fn pool_version_before(status: &UpgradeRequestStatus, index: usize, pool: &str) -> Option<String> {
+    status.plan[..index]
+        .iter()
+        .rev()
+        .find(|s| s.kind == PlanStepKind::Workers && s.pools.iter().any(|p| p == pool))
+        .map(|s| s.kubernetes_version.clone())
+        .or_else(|| {
+            status
+                .current
+                .as_ref()?
+                .pools
+                .iter()
+                .find(|p| p.name == pool)
+                .map(|p| p.version.clone())
+        })
+}
+
+/// `what`'s field at `path` holds `found` instead of one of `expected`: the
+/// `ClusterChangedOutside` stall naming the object, the field and who wrote it.
+fn changed_outside(
+    obj: &Value,
+    kind: &str,
+    path: &[&str],
+    found: &str,
+    expected: &str,
+    step: usize,
+) -> Decision {
+    let managers = capi::field_managers(obj, path);
+    let by = if managers.is_empty() {
+        "a writer that left no managedFields entry".to_string()
+    } else {
+        format!("field manager {}", managers.join(", "))
+    };
+    stall(
+        "ClusterChangedOutside",
+        format!(
+            "{kind} {} {} was changed to {found:?} by {by} while step {step} runs (it must stay {expected:?}); restore {expected:?}, or stop the tool that reverts it (see spec.gitops), and the step continues",
+            capi::name(obj),
+            path.join("."),
+        ),
+    )
+}
+
+/// Before step `index` starts: the objects whose declared version is neither what the finished
+/// steps left nor what this step writes, with the field manager that wrote it.
+fn outside_details(
+    status: &UpgradeRequestStatus,
+    index: usize,
+    obs: &Observed,
+    kcp: &Value,
+) -> Vec<String> {
+    let step = &status.plan[index];
+    let mut out = Vec::new();
+    let describe = |obj: &Value, kind: &str, path: &[&str], found: &str, want: &str| {
+        let managers = capi::field_managers(obj, path);
+        format!(
+            "{kind} {} {} is {found:?}, the plan expects {want:?}{}",
+            capi::name(obj),
+            path.join("."),
+            if managers.is_empty() {
+                String::new()
+            } else {
+                format!(", written by field manager {}", managers.join(", "))
+            }
+        )
+    };
+    let cp_before = status.plan[..index]
+        .iter()
+        .rev()
+        .find(|s| s.kind == PlanStepKind::ControlPlane)
+        .map(|s| s.kubernetes_version.clone())
+        .or_else(|| status.current.as_ref().map(|c| c.control_plane.clone()));
+    let declared = capi::kcp_version(kcp).unwrap_or("");
+    let landed = step.kind == PlanStepKind::ControlPlane && declared == step.kubernetes_version;
+    if let Some(want) = cp_before
+        && declared != want
+        && !landed
+    {
+        out.push(describe(
+            kcp,
+            "KubeadmControlPlane",
+            &["spec", "version"],
+            declared,
+            &want,
+        ));
+    }
+    for md in &obs.mds {
+        let name = capi::name(md);
+        let declared = capi::md_version(md).unwrap_or("");
+        let in_step = step.kind == PlanStepKind::Workers && step.pools.iter().any(|p| p == name);
+        match pool_version_before(status, index, name) {
+            None => out.push(format!(
+                "MachineDeployment {name} appeared after the plan was made"
+            )),
+            Some(want) if declared != want && !(in_step && declared == step.kubernetes_version) => {
+                out.push(describe(
+                    md,
+                    "MachineDeployment",
+                    &["spec", "template", "spec", "version"],
+                    declared,
+                    &want,
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    out
+}
+
 fn in_progress_step(
     spec: &UpgradeRequestSpec,
+    status: &UpgradeRequestStatus,
     obs: &Observed,
     kcp: &Value,
     index: usize,
-    step: &PlanStep,
     now: Timestamp,
 ) -> Decision {
+    let step = &status.plan[index];
+    let number = index + 1;
     let version = step.kubernetes_version.as_str();
-    let started = step.started_at.as_ref().map(|t| t.0).unwrap_or(now);
-    let elapsed = now.duration_since(started);
+    // Someone else's write to what this step wrote stops the request at once (DESIGN.md
+    // "GitOps"), instead of waiting out the rollout timeout.
+    let kcp_version = capi::kcp_version(kcp).unwrap_or("");
+    if kcp_version != version {
+        return changed_outside(
+            kcp,
+            "KubeadmControlPlane",
+            &["spec", "version"],
+            kcp_version,
+            version,
+            number,
+        );
+    }
+    if step.kind == PlanStepKind::ControlPlane
+        && let Some(row) = obs.matrix.as_ref().and_then(|m| {
+            m.spec
+                .rows
+                .iter()
+                .find(|r| r.distribution_version == step.distribution_version)
+        })
+    {
+        for (path, want) in [
+            (capi::KCP_DNS_TAG_PATH, &row.core_dns_image_tag),
+            (capi::KCP_ETCD_TAG_PATH, &row.etcd_image_tag),
+        ] {
+            let got = capi::str_at(kcp, path).unwrap_or("");
+            if got != want {
+                return changed_outside(kcp, "KubeadmControlPlane", path, got, want, number);
+            }
+        }
+    }
+    let elapsed = now.duration_since(step.started_at.as_ref().map_or(now, |t| t.0));
+    // Clock skew can put startedAt in the future; that is no time spent.
+    let elapsed = Duration::try_from(elapsed).unwrap_or(Duration::ZERO);
     let (pending, timeout) = match step.kind {
         PlanStepKind::ControlPlane => (
             control_plane_pending(obs, kcp, version),
-            parse_duration(&spec.timeouts.control_plane),
+            spec.timeouts.control_plane.get().unwrap_or(MAX_TIMEOUT),
         ),
         PlanStepKind::Workers => {
             let mut pending = Vec::new();
@@ -512,10 +767,24 @@ fn in_progress_step(
                 let Some(md) = obs.mds.iter().find(|md| capi::name(md) == pool) else {
                     return stall(
                         "PoolNotFound",
-                        format!("MachineDeployment {pool} of this step no longer exists"),
+                        format!(
+                            "MachineDeployment {pool} of step {number} no longer exists; recreate it, or delete this request and create a new one"
+                        ),
                     );
                 };
-                if capi::md_version(md) != Some(version) {
+                let declared = capi::md_version(md).unwrap_or("");
+                if declared != version {
+                    let before = pool_version_before(status, index, pool);
+                    if before.as_deref() != Some(declared) {
+                        return changed_outside(
+                            md,
+                            "MachineDeployment",
+                            &["spec", "template", "spec", "version"],
+                            declared,
+                            before.as_deref().unwrap_or(version),
+                            number,
+                        );
+                    }
                     waiting.push(pool.clone());
                     continue;
                 }
@@ -525,8 +794,8 @@ fn in_progress_step(
                     pending.extend(why);
                 }
             }
-            let capacity =
-                (spec.workers.max_concurrent_pools.max(1) as usize).saturating_sub(rolling);
+            let concurrency = spec.workers.max_concurrent_pools.clamp(1, 50) as usize;
+            let capacity = concurrency.saturating_sub(rolling);
             if !waiting.is_empty() && capacity > 0 {
                 return Decision::Start {
                     index,
@@ -538,26 +807,23 @@ fn in_progress_step(
                     .iter()
                     .map(|p| format!("{p}: not started (waiting for a free slot)")),
             );
-            let batches = step
-                .pools
-                .len()
-                .div_ceil(spec.workers.max_concurrent_pools.max(1) as usize)
-                as i32;
+            let batches = step.pools.len().div_ceil(concurrency).max(1);
+            let per_pool = spec.timeouts.worker_pool.get().unwrap_or(MAX_TIMEOUT);
+            let batches = u32::try_from(batches).unwrap_or(u32::MAX);
             (
                 pending,
-                parse_duration(&spec.timeouts.worker_pool).map(|d| d * batches),
+                per_pool.checked_mul(batches).unwrap_or(Duration::MAX),
             )
         }
     };
     if pending.is_empty() {
         return Decision::StepDone { index };
     }
-    let timeout = timeout.unwrap_or(SignedDuration::from_hours(1));
     if elapsed > timeout {
         return stall(
             "RolloutTimeout",
             format!(
-                "step {index} ({:?} to {version}) has not finished after {}s (timeout {}s): {}",
+                "step {number} ({:?} to {version}) has not finished after {}s (timeout {}s): {}",
                 step.kind,
                 elapsed.as_secs(),
                 timeout.as_secs(),
@@ -565,9 +831,12 @@ fn in_progress_step(
             ),
         );
     }
+    let left = timeout
+        .saturating_sub(elapsed)
+        .min(Duration::from_secs(300));
     Decision::Wait {
         index,
-        recheck: (timeout - elapsed).min(SignedDuration::from_secs(300)),
+        recheck: SignedDuration::try_from(left).unwrap_or(SignedDuration::from_secs(300)),
     }
 }
 
@@ -592,9 +861,11 @@ mod tests {
     fn obs(cp: &str, pool: &str, cp_rolled: bool) -> Observed {
         let kcp = json!({
             "apiVersion": "controlplane.cluster.x-k8s.io/v1beta1", "kind": "KubeadmControlPlane",
-            "metadata": {"name": "c-cp", "generation": 2},
+            "metadata": {"name": "c-cp", "generation": 2, "labels": {"cluster.x-k8s.io/cluster-name": "c"}},
             "spec": {"version": cp, "replicas": 1, "machineTemplate": {"infrastructureRef": {
-                "apiVersion": "infrastructure.cluster.x-k8s.io/v1beta1", "kind": "DevMachineTemplate", "name": "t"}}},
+                "apiVersion": "infrastructure.cluster.x-k8s.io/v1beta1", "kind": "DevMachineTemplate", "name": "t"}},
+                "kubeadmConfigSpec": {"clusterConfiguration": {
+                    "dns": {"imageTag": "1.12.4"}, "etcd": {"local": {"imageTag": "v3.5.21"}}}}},
             "status": {"observedGeneration": 2, "replicas": 1, "updatedReplicas": 1,
                        "readyReplicas": if cp_rolled { 1 } else { 0 }, "unavailableReplicas": 0, "version": cp},
         });
@@ -619,6 +890,8 @@ mod tests {
             cvsh: Some(cvsh("4.1.0", None, &[("Ready", "True", "AsExpected")])),
             cvsh_where: "ClusterVersionShadow cpaas-system/c".into(),
             preflight: None,
+            machine_pools: vec![],
+            cvsh_refused: None,
         }
     }
 
@@ -654,7 +927,6 @@ mod tests {
     fn before_phase_one(o: &Observed, failing: Option<CheckName>) -> UpgradeRequestStatus {
         let Decision::SetPlan { steps, target, .. } = decide(
             &spec(false),
-            1,
             &UpgradeRequestStatus::default(),
             o,
             Timestamp::UNIX_EPOCH,
@@ -663,7 +935,6 @@ mod tests {
         };
         UpgradeRequestStatus {
             plan: steps,
-            plan_generation: Some(1),
             target: Some(target),
             preflight: Some(preflight_status(Scope::Initial, failing)),
             review: Some(ReviewStatus::default()),
@@ -678,10 +949,9 @@ mod tests {
         .unwrap()
     }
 
-    fn planned(o: &Observed, generation: i64) -> UpgradeRequestStatus {
+    fn planned(o: &Observed, _generation: i64) -> UpgradeRequestStatus {
         let Decision::SetPlan { steps, target, .. } = decide(
             &spec(false),
-            generation,
             &UpgradeRequestStatus::default(),
             o,
             Timestamp::UNIX_EPOCH,
@@ -691,10 +961,10 @@ mod tests {
         // Phase 1 done and the first hop's preflight passed.
         UpgradeRequestStatus {
             plan: steps,
-            plan_generation: Some(generation),
             target: Some(target),
             aligned_extensions: Some(ExtensionsStatus {
                 state: Some(StepState::Succeeded),
+                finished_at: Some(Time(Timestamp::UNIX_EPOCH)),
                 ..Default::default()
             }),
             preflight: Some(preflight_status(Scope::Hop(0), None)),
@@ -708,7 +978,7 @@ mod tests {
         let blocked = before_phase_one(&o, Some(CheckName::GlobalTierAtTarget));
         assert_eq!(preflight_scope(&blocked), Some(Scope::Initial));
         assert_eq!(
-            decide(&spec(false), 1, &blocked, &o, Timestamp::UNIX_EPOCH),
+            decide(&spec(false), &blocked, &o, Timestamp::UNIX_EPOCH),
             Decision::Blocked {
                 scope: Scope::Initial
             }
@@ -722,14 +992,14 @@ mod tests {
             impacts: vec![],
         });
         assert!(matches!(
-            decide(&spec(false), 1, &unreviewed, &o, Timestamp::UNIX_EPOCH),
+            decide(&spec(false), &unreviewed, &o, Timestamp::UNIX_EPOCH),
             Decision::AwaitAcknowledgement { message } if message.contains("rp-1")
         ));
         // A preflight of another scope (or none yet) never lets Phase 1 start.
         let mut stale = before_phase_one(&o, None);
         stale.preflight = Some(preflight_status(Scope::Hop(0), None));
         assert!(matches!(
-            decide(&spec(false), 1, &stale, &o, Timestamp::UNIX_EPOCH),
+            decide(&spec(false), &stale, &o, Timestamp::UNIX_EPOCH),
             Decision::Wait { .. }
         ));
     }
@@ -739,7 +1009,7 @@ mod tests {
         let mut o = obs("v1.32.7", "v1.32.7", true);
         let clear = before_phase_one(&o, None);
         assert_eq!(
-            decide(&spec(false), 1, &clear, &o, Timestamp::UNIX_EPOCH),
+            decide(&spec(false), &clear, &o, Timestamp::UNIX_EPOCH),
             Decision::RequestExtensions {
                 version: "4.2.0".into(),
                 write: true
@@ -752,7 +1022,7 @@ mod tests {
             &[("Ready", "True", "AsExpected")],
         ));
         assert_eq!(
-            decide(&spec(false), 1, &clear, &o, Timestamp::UNIX_EPOCH),
+            decide(&spec(false), &clear, &o, Timestamp::UNIX_EPOCH),
             Decision::RequestExtensions {
                 version: "4.2.0".into(),
                 write: false
@@ -771,7 +1041,7 @@ mod tests {
             "no preflight while Phase 1 runs"
         );
         assert!(matches!(
-            decide(&spec(false), 1, &requested, &o, Timestamp::UNIX_EPOCH),
+            decide(&spec(false), &requested, &o, Timestamp::UNIX_EPOCH),
             Decision::Wait { .. }
         ));
         o.cvsh = Some(cvsh(
@@ -782,8 +1052,7 @@ mod tests {
                 ("Stalled", "True", "AppReleaseFailed"),
             ],
         ));
-        let Decision::Stall(s) = decide(&spec(false), 1, &requested, &o, Timestamp::UNIX_EPOCH)
-        else {
+        let Decision::Stall(s) = decide(&spec(false), &requested, &o, Timestamp::UNIX_EPOCH) else {
             panic!("expected a stall");
         };
         assert_eq!(s.reason, "AppReleaseFailed", "the CVO's own reason");
@@ -792,8 +1061,7 @@ mod tests {
             Some("4.3.0"),
             &[("Ready", "True", "AsExpected")],
         ));
-        let Decision::Stall(s) = decide(&spec(false), 1, &requested, &o, Timestamp::UNIX_EPOCH)
-        else {
+        let Decision::Stall(s) = decide(&spec(false), &requested, &o, Timestamp::UNIX_EPOCH) else {
             panic!("expected a stall");
         };
         assert_eq!(s.reason, "ExtensionsTargetChanged");
@@ -803,7 +1071,7 @@ mod tests {
             &[("Ready", "True", "AsExpected")],
         ));
         assert_eq!(
-            decide(&spec(false), 1, &requested, &o, Timestamp::UNIX_EPOCH),
+            decide(&spec(false), &requested, &o, Timestamp::UNIX_EPOCH),
             Decision::ExtensionsDone
         );
         // Not Ready yet at the new version: keep waiting.
@@ -813,7 +1081,7 @@ mod tests {
             &[("Ready", "False", "Progressing")],
         ));
         assert!(matches!(
-            decide(&spec(false), 1, &requested, &o, Timestamp::UNIX_EPOCH),
+            decide(&spec(false), &requested, &o, Timestamp::UNIX_EPOCH),
             Decision::Wait { .. }
         ));
     }
@@ -828,14 +1096,14 @@ mod tests {
             Some(CheckName::IPPoolCapacity),
         ));
         assert_eq!(
-            decide(&spec(false), 1, &status, &o, Timestamp::UNIX_EPOCH),
+            decide(&spec(false), &status, &o, Timestamp::UNIX_EPOCH),
             Decision::Blocked {
                 scope: Scope::Hop(0)
             }
         );
         status.preflight = Some(preflight_status(Scope::Initial, None));
         assert!(matches!(
-            decide(&spec(false), 1, &status, &o, Timestamp::UNIX_EPOCH),
+            decide(&spec(false), &status, &o, Timestamp::UNIX_EPOCH),
             Decision::Wait { .. }
         ));
         // Workers steps follow their control plane without a new preflight.
@@ -848,11 +1116,11 @@ mod tests {
         let o = obs("v1.32.7", "v1.32.7", true);
         let status = planned(&o, 1);
         assert_eq!(
-            decide(&spec(true), 1, &status, &o, Timestamp::UNIX_EPOCH),
+            decide(&spec(true), &status, &o, Timestamp::UNIX_EPOCH),
             Decision::Paused
         );
         assert!(matches!(
-            decide(&spec(false), 1, &status, &o, Timestamp::UNIX_EPOCH),
+            decide(&spec(false), &status, &o, Timestamp::UNIX_EPOCH),
             Decision::Start { index: 0, .. }
         ));
         // A step already under way is followed to its end even when paused.
@@ -861,7 +1129,7 @@ mod tests {
         running.plan[0].started_at = Some(Time(Timestamp::UNIX_EPOCH));
         let o = obs("v1.33.7", "v1.32.7", false);
         assert!(matches!(
-            decide(&spec(true), 1, &running, &o, Timestamp::UNIX_EPOCH),
+            decide(&spec(true), &running, &o, Timestamp::UNIX_EPOCH),
             Decision::Wait { index: 0, .. }
         ));
     }
@@ -874,7 +1142,7 @@ mod tests {
         status.plan[0].started_at = Some(Time(Timestamp::UNIX_EPOCH));
         let rolling = obs("v1.33.7", "v1.32.7", false);
         let later = Timestamp::UNIX_EPOCH + SignedDuration::from_mins(46);
-        let Decision::Stall(s) = decide(&spec(false), 1, &status, &rolling, later) else {
+        let Decision::Stall(s) = decide(&spec(false), &status, &rolling, later) else {
             panic!("expected a stall");
         };
         assert_eq!(s.reason, "RolloutTimeout");
@@ -882,7 +1150,7 @@ mod tests {
         // Once the rollout completes, the same request carries on by itself.
         let done = obs("v1.33.7", "v1.32.7", true);
         assert_eq!(
-            decide(&spec(false), 1, &status, &done, later),
+            decide(&spec(false), &status, &done, later),
             Decision::StepDone { index: 0 }
         );
     }
@@ -894,12 +1162,12 @@ mod tests {
         status.plan[0].state = StepState::Succeeded;
         let rolling = obs("v1.33.7", "v1.32.7", false);
         assert!(matches!(
-            decide(&spec(false), 1, &status, &rolling, Timestamp::UNIX_EPOCH),
+            decide(&spec(false), &status, &rolling, Timestamp::UNIX_EPOCH),
             Decision::Wait { index: 1, .. }
         ));
         let rolled = obs("v1.33.7", "v1.32.7", true);
         assert_eq!(
-            decide(&spec(false), 1, &status, &rolled, Timestamp::UNIX_EPOCH),
+            decide(&spec(false), &status, &rolled, Timestamp::UNIX_EPOCH),
             Decision::Start {
                 index: 1,
                 pools: vec!["pool".into()]
@@ -913,20 +1181,10 @@ mod tests {
         let status = planned(&o, 1);
         // Someone moved the pool by hand to a version the plan never chose.
         let moved = obs("v1.32.7", "v1.31.3", true);
-        let Decision::Stall(s) = decide(&spec(false), 1, &status, &moved, Timestamp::UNIX_EPOCH)
+        let Decision::Stall(s) = decide(&spec(false), &status, &moved, Timestamp::UNIX_EPOCH)
         else {
             panic!("expected a stall");
         };
         assert_eq!(s.reason, "ClusterChangedOutside");
-    }
-
-    #[test]
-    fn durations_parse_like_go() {
-        assert_eq!(parse_duration("45m"), Some(SignedDuration::from_mins(45)));
-        assert_eq!(parse_duration("1h30m"), Some(SignedDuration::from_mins(90)));
-        assert_eq!(parse_duration("90s"), Some(SignedDuration::from_secs(90)));
-        assert_eq!(parse_duration(""), None);
-        assert_eq!(parse_duration("5"), None);
-        assert_eq!(parse_duration("5d"), None);
     }
 }

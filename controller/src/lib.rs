@@ -4,10 +4,16 @@
 //! Layout follows a functional core and an imperative shell: [`version`] and [`plan`] are pure;
 //! the reconciler observes, plans, applies and writes status.
 
+/// Field manager of every write this controller makes: to others' objects (server-side apply
+/// of only the fields it owns) and to its own status.
+pub const FIELD_MANAGER: &str = "upgrade.cpaas.io/controller";
+
 pub mod api;
+pub mod apply;
 pub mod capi;
 pub mod crd;
 pub mod decide;
+pub mod error;
 pub mod gate;
 pub mod observe;
 pub mod plan;
@@ -18,3 +24,4 @@ pub mod reconcile;
 pub mod review;
 pub mod status;
 pub mod version;
+pub mod workload;

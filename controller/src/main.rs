@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use upgrade_controller::api::{OSSupportMatrix, UpgradeRequestSpec, WorkerStrategy};
 use upgrade_controller::decide::Observed;
 use upgrade_controller::observe::{self, Standby};
-use upgrade_controller::platform::CvshConfig;
+use upgrade_controller::platform::{CvshConfig, CvshMapping};
 use upgrade_controller::{preview, reconcile};
 
 #[derive(Parser)]
@@ -60,10 +60,30 @@ struct PlatformArgs {
     /// Name of the global cluster's own ClusterVersionShadow.
     #[arg(long, default_value = "global")]
     global_cluster: String,
+    /// How a CAPI Cluster maps to its ClusterVersionShadow: `name` (the platform's
+    /// convention: only Clusters in the cvsh namespace, shadow named after the Cluster) or
+    /// `namespaced-name` (also Clusters of other namespaces, shadow `<namespace>.<cluster>`).
+    #[arg(long, value_enum, default_value = "name")]
+    cvsh_mapping: CvshMappingArg,
     /// Kubeconfig of the DR standby global cluster; when set, its ClusterVersionShadow must
     /// also be at the target before a workload cluster moves.
     #[arg(long)]
     global_standby_kubeconfig: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CvshMappingArg {
+    Name,
+    NamespacedName,
+}
+
+impl From<CvshMappingArg> for CvshMapping {
+    fn from(v: CvshMappingArg) -> Self {
+        match v {
+            CvshMappingArg::Name => CvshMapping::Name,
+            CvshMappingArg::NamespacedName => CvshMapping::NamespacedName,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -176,6 +196,7 @@ async fn plan(args: PlanArgs) -> anyhow::Result<()> {
                 upgrade_controller::platform::DEFAULT_CVSH_API_VERSION,
                 upgrade_controller::platform::DEFAULT_CVSH_NAMESPACE,
                 "global",
+                CvshMapping::Name,
             )
             .map_err(anyhow::Error::msg)?;
             let mut obs = observe::observe(&client, &ur, Default::default(), &cvsh).await?;
@@ -231,6 +252,7 @@ async fn main() -> anyhow::Result<()> {
                 &platform.cvsh_api_version,
                 &platform.cvsh_namespace,
                 &platform.global_cluster,
+                platform.cvsh_mapping.into(),
             )
             .map_err(anyhow::Error::msg)?;
             let standby = match &platform.global_standby_kubeconfig {

@@ -1,19 +1,18 @@
 //! Observe (reads only): everything `decide` and the preflight look at, from the management
 //! cluster, the global tier's ClusterVersionShadows and the workload cluster itself.
 
-use std::time::Duration;
-
 use kube::api::{Api, DynamicObject, ListParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, ResourceExt};
 use serde_json::Value;
 
 use crate::api::{OSSupportMatrix, StepState, UpgradeRequest, UpgradeRequestStatus};
 use crate::capi;
-use crate::decide::Observed;
+use crate::decide::{Observed, Stall};
+use crate::error::Error;
 use crate::platform::{self, CvshConfig};
-use crate::preflight::{self, ImageObs, OtherRequest, PreflightObs, Scope, SlotObs, WorkloadObs};
-use crate::reconcile::Error;
+use crate::preflight::{
+    self, Contender, ImageObs, PreflightObs, Scope, SlotObs, WorkloadObs, WorkloadUnavailable,
+};
 
 /// A second global cluster (global DR): its client and how messages name it.
 #[derive(Clone)]
@@ -48,9 +47,18 @@ pub async fn observe(
         Api::<DynamicObject>::namespaced_with(client.clone(), &ns, ar)
     };
     let cluster = get_opt(&ns_api(&capi_version.cluster()), cluster_name).await?;
+    let mapped = cvsh.name_for(&ns, cluster_name);
     let mut obs = Observed {
         cluster: cluster.clone(),
-        cvsh_where: format!("ClusterVersionShadow {}/{cluster_name}", cvsh.namespace),
+        cvsh_where: format!(
+            "ClusterVersionShadow {}/{}",
+            cvsh.namespace,
+            mapped.as_deref().unwrap_or("(none)")
+        ),
+        cvsh_refused: mapped.as_ref().err().map(|u| Stall {
+            reason: u.reason.into(),
+            message: u.message.clone(),
+        }),
         ..Observed::default()
     };
     let phase_one_done = ur
@@ -58,10 +66,10 @@ pub async fn observe(
         .as_ref()
         .and_then(|s| s.aligned_extensions.as_ref())
         .is_some_and(|e| e.state == Some(StepState::Succeeded));
-    if !phase_one_done {
+    if !phase_one_done && let Ok(name) = &mapped {
         let api =
             Api::<DynamicObject>::namespaced_with(client.clone(), &cvsh.namespace, &cvsh.resource);
-        obs.cvsh = get_opt(&api, cluster_name).await?;
+        obs.cvsh = get_opt(&api, name).await?;
     }
     obs.matrix = match Api::<OSSupportMatrix>::all(client.clone())
         .get(&ur.spec.matrix_ref)
@@ -96,6 +104,17 @@ pub async fn observe(
         .await?;
     for m in machines.items {
         obs.machines.push(serde_json::to_value(m)?);
+    }
+    // MachinePools are an optional CAPI API (their CRD may be absent: then there are none).
+    let pools = ns_api(&capi_version.machine_pool())
+        .list(
+            &ListParams::default().labels(&format!("{}={cluster_name}", capi::CLUSTER_NAME_LABEL)),
+        )
+        .await;
+    match pools {
+        Ok(list) => obs.machine_pools = list.items.iter().map(|p| p.name_any()).collect(),
+        Err(e) if not_found(&e) => {}
+        Err(e) => return Err(e.into()),
     }
     Ok(obs)
 }
@@ -141,28 +160,37 @@ async fn read_cvsh(
     }
 }
 
-/// A client for the workload cluster from CAPI's `<cluster>-kubeconfig` Secret (key `value`).
-async fn workload_client(client: &Client, ns: &str, cluster: &str) -> Result<Client, String> {
+/// A client for the workload cluster from CAPI's `<cluster>-kubeconfig` Secret (key `value`),
+/// which is data only ([`crate::workload`]).
+async fn workload_client(
+    client: &Client,
+    ns: &str,
+    cluster: &str,
+) -> Result<Client, WorkloadUnavailable> {
     let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), ns);
     let name = format!("{cluster}-kubeconfig");
-    let secret = secrets
-        .get(&name)
-        .await
-        .map_err(|e| format!("reading Secret {ns}/{name}: {}", describe_error(&e)))?;
+    let unreadable = |message: String| WorkloadUnavailable {
+        reason: "KubeconfigUnreadable",
+        message,
+    };
+    let secret = secrets.get(&name).await.map_err(|e| {
+        unreadable(format!(
+            "reading Secret {ns}/{name}: {}",
+            describe_error(&e)
+        ))
+    })?;
     let data = secret
         .data
         .and_then(|d| d.get("value").cloned())
-        .ok_or_else(|| format!("Secret {ns}/{name} has no key \"value\""))?;
-    let text = String::from_utf8(data.0).map_err(|_| format!("Secret {ns}/{name} is not UTF-8"))?;
-    let kubeconfig =
-        Kubeconfig::from_yaml(&text).map_err(|e| format!("Secret {ns}/{name}: {e}"))?;
-    let mut config =
-        kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-            .await
-            .map_err(|e| format!("Secret {ns}/{name}: {e}"))?;
-    config.connect_timeout = Some(Duration::from_secs(5));
-    config.read_timeout = Some(Duration::from_secs(10));
-    Client::try_from(config).map_err(|e| format!("Secret {ns}/{name}: {e}"))
+        .ok_or_else(|| unreadable(format!("Secret {ns}/{name} has no key \"value\"")))?;
+    let text = String::from_utf8(data.0)
+        .map_err(|_| unreadable(format!("Secret {ns}/{name} is not UTF-8")))?;
+    let refused = |e: crate::workload::KubeconfigError| WorkloadUnavailable {
+        reason: e.reason(),
+        message: format!("the kubeconfig in Secret {ns}/{name} (key value) {e}"),
+    };
+    let inline = crate::workload::inline_kubeconfig(&text).map_err(refused)?;
+    inline.client().await.map_err(refused)
 }
 
 /// The workload cluster: reachable, and (for the initial preflight) its ResourcePatches.
@@ -171,14 +199,18 @@ async fn observe_workload(
     ns: &str,
     cluster: &str,
     with_patches: bool,
-) -> Result<WorkloadObs, String> {
+) -> Result<WorkloadObs, WorkloadUnavailable> {
     let workload = workload_client(client, ns, cluster).await?;
+    let unreachable = |message: String| WorkloadUnavailable {
+        reason: "WorkloadAPIUnreachable",
+        message,
+    };
     // API group discovery doubles as the reachability probe (CAPI's in-memory test servers
     // answer it too, but not /version).
     let groups = workload
         .list_api_groups()
         .await
-        .map_err(|e| format!("GET /apis: {}", describe_error(&e)))?;
+        .map_err(|e| unreachable(format!("GET /apis: {}", describe_error(&e))))?;
     let mut obs = WorkloadObs::default();
     let rp = platform::resource_patch_resource();
     let served = groups
@@ -191,10 +223,10 @@ async fn observe_workload(
         let list = api
             .list(&ListParams::default())
             .await
-            .map_err(|e| format!("listing ResourcePatches: {}", describe_error(&e)))?;
+            .map_err(|e| unreachable(format!("listing ResourcePatches: {}", describe_error(&e))))?;
         for rp in list.items {
             obs.resource_patches
-                .push(serde_json::to_value(rp).map_err(|e| e.to_string())?);
+                .push(serde_json::to_value(rp).map_err(|e| unreachable(e.to_string()))?);
         }
     }
     Ok(obs)
@@ -274,26 +306,16 @@ pub async fn observe_preflight(
 
     let workload = observe_workload(client, &ns, cluster_name, scope == Scope::Initial).await;
 
+    // Read fresh: the shell runs one cluster's requests one at a time, so every earlier
+    // decision about this cluster is in these statuses already.
     let requests: Api<UpgradeRequest> = Api::namespaced(client.clone(), &ns);
     let other_requests = requests
         .list(&ListParams::default())
         .await?
         .items
-        .into_iter()
+        .iter()
         .filter(|o| o.spec.cluster_name == *cluster_name && o.name_any() != ur.name_any())
-        .map(|o| OtherRequest {
-            name: o.name_any(),
-            created: o
-                .metadata
-                .creation_timestamp
-                .as_ref()
-                .map(|t| t.0.to_string())
-                .unwrap_or_default(),
-            finished: o
-                .status
-                .as_ref()
-                .is_some_and(|s| s.phase == Some(crate::api::Phase::Succeeded)),
-        })
+        .map(contender)
         .collect();
 
     let from = match scope {
@@ -336,7 +358,10 @@ pub async fn observe_preflight(
                     continue;
                 };
                 if let Some(pool) = provider.slot_pool(&template) {
-                    let count = slot_count(client, &ns, provider, &pool).await;
+                    let count = match providers::check_pool_ref(provider, &pool, &ns) {
+                        Ok(()) => slot_count(client, &ns, provider, &pool).await,
+                        Err(why) => Err(why),
+                    };
                     slots.push(SlotObs {
                         user,
                         control_plane,
@@ -380,15 +405,25 @@ pub async fn observe_preflight(
     Ok(PreflightObs {
         globals,
         workload,
+        me: contender(ur),
         other_requests,
-        name: ur.name_any(),
-        created: ur
-            .metadata
-            .creation_timestamp
-            .as_ref()
-            .map(|t| t.0.to_string())
-            .unwrap_or_default(),
         slots,
         images,
     })
+}
+
+/// How an UpgradeRequest ranks for its cluster ([`preflight::Contender`]).
+fn contender(ur: &UpgradeRequest) -> Contender {
+    let status = ur.status.clone().unwrap_or_default();
+    let finished = status.phase == Some(crate::api::Phase::Succeeded);
+    let ext = status.aligned_extensions.as_ref();
+    Contender {
+        name: ur.name_any(),
+        created: ur.metadata.creation_timestamp.as_ref().map(|t| t.0),
+        holds: crate::decide::plan_frozen(&status) && !finished,
+        holds_since: ext
+            .and_then(|e| e.requested_at.as_ref().or(e.finished_at.as_ref()))
+            .map(|t| t.0),
+        finished,
+    }
 }

@@ -13,10 +13,36 @@ use crate::version::DistributionVersion;
 #[derive(Debug, Clone)]
 pub struct CvshConfig {
     pub resource: ApiResource,
-    /// Namespace holding one cvsh per cluster, named after the cluster (`cpaas-system`).
+    /// Namespace holding one cvsh per cluster (`cpaas-system`), which is also the platform's
+    /// own namespace: the one its CAPI Clusters live in.
     pub namespace: String,
     /// Name of the global cluster's own cvsh (`global`).
     pub global_name: String,
+    /// How a CAPI Cluster's namespace and name map to its cvsh's name.
+    pub mapping: CvshMapping,
+}
+
+/// How a CAPI Cluster (namespace, name) maps to the name of its ClusterVersionShadow
+/// (`--cvsh-mapping`). A cvsh is cluster-wide platform state, while a Cluster's namespace may
+/// belong to a tenant, so the mapping must never let two Clusters reach one cvsh, nor a
+/// tenant's Cluster reach the global cluster's (DESIGN.md "Security model").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CvshMapping {
+    /// The platform's convention (DOMAIN.md §2): Clusters in the cvsh namespace map to the
+    /// cvsh of the same name; Clusters in any other namespace map to none and are refused.
+    #[default]
+    Name,
+    /// As `Name` for Clusters in the cvsh namespace; a Cluster in another namespace maps to
+    /// `<namespace>.<name>` (a namespace is a DNS label, so the first `.` splits the two, and
+    /// such a name never equals a platform Cluster's).
+    NamespacedName,
+}
+
+/// A Cluster that maps to no cvsh, or to one it must not move.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unmapped {
+    pub reason: &'static str,
+    pub message: String,
 }
 
 /// Default `--cvsh-api-version`.
@@ -26,7 +52,12 @@ pub const DEFAULT_CVSH_NAMESPACE: &str = "cpaas-system";
 
 impl CvshConfig {
     /// `api_version` is `group/version`.
-    pub fn new(api_version: &str, namespace: &str, global_name: &str) -> Result<Self, String> {
+    pub fn new(
+        api_version: &str,
+        namespace: &str,
+        global_name: &str,
+        mapping: CvshMapping,
+    ) -> Result<Self, String> {
         let (group, version) = api_version
             .split_once('/')
             .filter(|(g, v)| !g.is_empty() && !v.is_empty() && !v.contains('/'))
@@ -41,7 +72,37 @@ impl CvshConfig {
             resource,
             namespace: namespace.to_string(),
             global_name: global_name.to_string(),
+            mapping,
         })
+    }
+
+    /// The name of the cvsh of Cluster `namespace/cluster`, or why it has none it may move.
+    pub fn name_for(&self, namespace: &str, cluster: &str) -> Result<String, Unmapped> {
+        if namespace == self.namespace {
+            return Ok(cluster.to_string());
+        }
+        let name = match self.mapping {
+            CvshMapping::Name => {
+                return Err(Unmapped {
+                    reason: "ClusterVersionShadowUnmapped",
+                    message: format!(
+                        "Cluster {namespace}/{cluster} is outside namespace {}, where the platform's Clusters and their ClusterVersionShadows live; with --cvsh-mapping=Name only those are upgraded. Create the request beside the platform's Cluster, or run the controller with --cvsh-mapping=NamespacedName if the platform names this cluster's shadow {namespace}.{cluster}",
+                        self.namespace
+                    ),
+                });
+            }
+            CvshMapping::NamespacedName => format!("{namespace}.{cluster}"),
+        };
+        if name == self.global_name {
+            return Err(Unmapped {
+                reason: "ReservedCluster",
+                message: format!(
+                    "Cluster {namespace}/{cluster} maps to {}/{name}, the global cluster's own ClusterVersionShadow, which only a request in namespace {} may move",
+                    self.namespace, self.namespace
+                ),
+            });
+        }
+        Ok(name)
     }
 
     /// The one write this controller makes to a cvsh: its desired version (server-side apply,
@@ -156,12 +217,63 @@ mod tests {
 
     #[test]
     fn config_rejects_a_bare_group() {
-        assert!(CvshConfig::new("cvo.cpaas.io", "cpaas-system", "global").is_err());
-        let c = CvshConfig::new("cvo.cpaas.io/v1alpha1", "cpaas-system", "global").unwrap();
+        assert!(
+            CvshConfig::new("cvo.cpaas.io", "cpaas-system", "global", CvshMapping::Name).is_err()
+        );
+        let c = CvshConfig::new(
+            "cvo.cpaas.io/v1alpha1",
+            "cpaas-system",
+            "global",
+            CvshMapping::Name,
+        )
+        .unwrap();
         assert_eq!(c.resource.plural, "clusterversionshadows");
         assert_eq!(
             c.desired_update("prod-a", "4.3.2")["spec"]["desiredUpdate"]["version"],
             "4.3.2"
+        );
+    }
+
+    #[test]
+    fn a_cluster_maps_to_one_shadow_and_tenants_never_reach_the_global_one() {
+        let name = CvshConfig::new(
+            DEFAULT_CVSH_API_VERSION,
+            "cpaas-system",
+            "global",
+            CvshMapping::Name,
+        )
+        .unwrap();
+        assert_eq!(name.name_for("cpaas-system", "prod").unwrap(), "prod");
+        assert_eq!(name.name_for("cpaas-system", "global").unwrap(), "global");
+        for (ns, cluster) in [("tenant-a", "prod"), ("tenant-a", "global")] {
+            let e = name.name_for(ns, cluster).unwrap_err();
+            assert_eq!(e.reason, "ClusterVersionShadowUnmapped");
+            assert!(
+                e.message.contains("--cvsh-mapping=NamespacedName"),
+                "{}",
+                e.message
+            );
+        }
+        let nn = CvshConfig {
+            mapping: CvshMapping::NamespacedName,
+            ..name.clone()
+        };
+        // Two namespaces with a Cluster `prod` reach two shadows; neither is the platform's.
+        assert_eq!(nn.name_for("tenant-a", "prod").unwrap(), "tenant-a.prod");
+        assert_eq!(nn.name_for("tenant-b", "prod").unwrap(), "tenant-b.prod");
+        assert_eq!(nn.name_for("cpaas-system", "prod").unwrap(), "prod");
+        assert_eq!(
+            nn.name_for("tenant-a", "global").unwrap(),
+            "tenant-a.global"
+        );
+        // A global cluster name that a tenant mapping could produce is reserved.
+        let odd = CvshConfig {
+            global_name: "tenant-a.global".into(),
+            ..nn
+        };
+        assert_eq!(
+            odd.name_for("tenant-a", "global").unwrap_err().reason,
+            "ReservedCluster"
         );
     }
 

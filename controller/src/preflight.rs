@@ -15,6 +15,7 @@ use crate::capi;
 use crate::gate;
 use crate::platform;
 use crate::version::{DistributionVersion, KubeVersion, minor_str};
+use k8s_openapi::jiff::Timestamp;
 use providers::{ImageLookup, SlotPoolRef};
 
 /// When a preflight runs.
@@ -37,14 +38,27 @@ impl Scope {
     }
 }
 
-/// An UpgradeRequest for the same cluster.
+/// An UpgradeRequest for the cluster (this one, or another naming the same Cluster).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OtherRequest {
+pub struct Contender {
     pub name: String,
-    /// RFC 3339 creation time (compares as a string).
-    pub created: String,
+    /// `metadata.creationTimestamp` (one-second resolution, so ties are common).
+    pub created: Option<Timestamp>,
+    /// Whether it holds the cluster: its plan is fixed because it asked the platform for its
+    /// target (or found it there), and it has not finished.
+    pub holds: bool,
+    /// For messages: since when and why it holds the cluster.
+    pub holds_since: Option<Timestamp>,
     /// Succeeded requests no longer hold the cluster.
     pub finished: bool,
+}
+
+impl Contender {
+    /// Who goes first: a request already holding the cluster, then the oldest, then the
+    /// first by name (names are unique within the namespace, so there is always one winner).
+    fn rank(&self) -> (bool, Option<Timestamp>, &str) {
+        (!self.holds, self.created, self.name.as_str())
+    }
 }
 
 /// A pool of per-machine slots a rollout draws from, as observed.
@@ -69,18 +83,26 @@ pub struct WorkloadObs {
     pub resource_patches: Vec<Value>,
 }
 
+/// Why the workload cluster could not be asked: `reason` is the check's reason
+/// (`KubeconfigRefused`, `KubeconfigInvalid`, `KubeconfigUnreadable`, `WorkloadAPIUnreachable`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkloadUnavailable {
+    pub reason: &'static str,
+    pub message: String,
+}
+
 /// Everything the preflight reads besides the CAPI objects in [`crate::decide::Observed`].
 #[derive(Debug, Clone)]
 pub struct PreflightObs {
     /// The global cluster's cvsh (and the DR standby's), labelled for messages.
     pub globals: Vec<(String, Result<Option<Value>, String>)>,
-    /// Err: the workload API server could not be reached (the message says why).
-    pub workload: Result<WorkloadObs, String>,
-    /// Other UpgradeRequests naming the same cluster.
-    pub other_requests: Vec<OtherRequest>,
-    /// This request's name and creation time (RFC 3339).
-    pub name: String,
-    pub created: String,
+    /// Err: the workload API server could not be asked (the reason and message say why).
+    pub workload: Result<WorkloadObs, WorkloadUnavailable>,
+    /// This request, as the others see it.
+    pub me: Contender,
+    /// Other UpgradeRequests naming the same cluster, read after every earlier decision about
+    /// this cluster was recorded (the shell serializes the requests of one cluster).
+    pub other_requests: Vec<Contender>,
     pub slots: Vec<SlotObs>,
     /// How each hop image can be confirmed, and whether it was.
     pub images: Vec<ImageObs>,
@@ -164,7 +186,8 @@ pub fn evaluate(input: &Input<'_>) -> Vec<PreflightCheck> {
     checks_for(input.scope)
         .iter()
         .map(|&name| {
-            if input.spec.preflight.skip.contains(&name) {
+            // Safety checks run whatever `skip` says (the CRD refuses them there already).
+            if name.skippable() && input.spec.preflight.skip.contains(&name) {
                 return check(
                     name,
                     CheckState::Skipped,
@@ -504,10 +527,10 @@ fn control_plane_healthy(i: &Input<'_>) -> PreflightCheck {
         return check(
             name,
             CheckState::Failed,
-            "WorkloadAPIUnreachable",
+            e.reason,
             format!(
-                "the workload API server of {} cannot be reached through Secret {}-kubeconfig: {e}",
-                i.cluster_name, i.cluster_name
+                "the workload API server of {} cannot be asked: {}",
+                i.cluster_name, e.message
             ),
         );
     }
@@ -769,27 +792,50 @@ fn images(i: &Input<'_>) -> PreflightCheck {
 
 fn single_request(i: &Input<'_>) -> PreflightCheck {
     let name = CheckName::SingleActiveRequest;
-    // The earliest-created unfinished request (ties broken by name) proceeds.
-    let me = (i.obs.created.as_str(), i.obs.name.as_str());
-    let holder = i
+    let me = &i.obs.me;
+    let winner = i
         .obs
         .other_requests
         .iter()
-        .filter(|o| !o.finished && o.name != me.1)
-        .filter(|o| (o.created.as_str(), o.name.as_str()) < me)
-        .min_by(|a, b| (&a.created, &a.name).cmp(&(&b.created, &b.name)));
-    match holder {
-        Some(o) => check(
+        .filter(|o| !o.finished && o.name != me.name)
+        .min_by(|a, b| a.rank().cmp(&b.rank()));
+    let Some(w) = winner.filter(|w| w.rank() < me.rank()) else {
+        return passed(
             name,
-            CheckState::Failed,
-            "AnotherRequestActive",
             format!(
-                "UpgradeRequest {} (created earlier) already holds cluster {}; only one request per cluster proceeds — delete one of them, or wait until {} has succeeded",
-                o.name, i.cluster_name, o.name
+                "no other unfinished UpgradeRequest for cluster {} goes before this one",
+                i.cluster_name
             ),
+        );
+    };
+    let when = |t: Option<Timestamp>| t.map_or("an unknown time".to_string(), |t| t.to_string());
+    let why = if w.holds && !me.holds {
+        format!(
+            "already holds cluster {} (it asked the platform for its target at {})",
+            i.cluster_name,
+            when(w.holds_since)
+        )
+    } else if w.created == me.created {
+        format!(
+            "was created in the same second as this one ({}) and goes first by name",
+            when(w.created)
+        )
+    } else {
+        format!(
+            "was created at {}, before this request ({})",
+            when(w.created),
+            when(me.created)
+        )
+    };
+    check(
+        name,
+        CheckState::Failed,
+        "AnotherRequestActive",
+        format!(
+            "UpgradeRequest {} {why}; only one request per cluster proceeds — this one waits until {} has succeeded (or is deleted), then re-plans from where it left the cluster",
+            w.name, w.name
         ),
-        None => passed(name, "no earlier active UpgradeRequest for this cluster"),
-    }
+    )
 }
 
 fn platform_preflight(i: &Input<'_>) -> PreflightCheck {
@@ -895,13 +941,66 @@ mod tests {
             {"name": "ClusterRunning", "policy": "Block", "state": "Passed"}]}}})
     }
 
+    fn contender(name: &str, created: &str, holds: bool) -> Contender {
+        Contender {
+            name: name.into(),
+            created: Some(created.parse().unwrap()),
+            holds,
+            holds_since: holds.then(|| "2026-11-21T12:00:00Z".parse().unwrap()),
+            finished: false,
+        }
+    }
+
+    #[test]
+    fn one_request_per_cluster_wins_and_the_others_name_it_truthfully() {
+        let target = row("4.3.2", "v1.34.5-3", &[]);
+        let run = |me: Contender, others: Vec<Contender>| {
+            let mut obs = pobs();
+            obs.me = me;
+            obs.other_requests = others;
+            run_all(&spec(&[]), &target, &cvsh("4.2.5"), &[], &obs)
+                .remove(&CheckName::SingleActiveRequest)
+                .unwrap()
+        };
+        // Same second: the first by name wins, whoever is asked.
+        let a = contender("a", "2026-11-21T10:00:00Z", false);
+        let b = contender("b", "2026-11-21T10:00:00Z", false);
+        assert_eq!(run(a.clone(), vec![b.clone()]).state, CheckState::Passed);
+        let held = run(b.clone(), vec![a.clone()]);
+        assert_eq!(held.state, CheckState::Failed);
+        assert!(held.message.contains("same second"), "{}", held.message);
+        // A request that already holds the cluster keeps it, even against an older one.
+        let holder = contender("z-late", "2026-11-21T11:00:00Z", true);
+        assert_eq!(
+            run(holder.clone(), vec![a.clone()]).state,
+            CheckState::Passed
+        );
+        let held = run(a.clone(), vec![holder.clone()]);
+        assert!(
+            held.message.contains("already holds") && !held.message.contains("created earlier"),
+            "{}",
+            held.message
+        );
+        // An older request is named as older, with both times.
+        let older = contender("x", "2026-11-21T09:00:00Z", false);
+        let held = run(a.clone(), vec![older]);
+        assert!(
+            held.message.contains("before this request"),
+            "{}",
+            held.message
+        );
+        // Finished requests do not count.
+        let mut done = holder;
+        done.finished = true;
+        assert_eq!(run(a, vec![done]).state, CheckState::Passed);
+    }
+
     fn pobs() -> PreflightObs {
         PreflightObs {
             globals: vec![("global".into(), Ok(Some(cvsh("4.3.2"))))],
             workload: Ok(WorkloadObs::default()),
+            me: contender("me", "2026-11-21T10:00:00Z", false),
             other_requests: vec![],
-            name: "me".into(),
-            created: "2026-11-21T10:00:00Z".into(),
             slots: vec![],
             images: vec![],
         }
@@ -963,11 +1062,7 @@ mod tests {
             ("global".into(), Ok(Some(cvsh("4.3.2")))),
             ("standby".into(), Ok(Some(cvsh("4.2.5")))),
         ];
-        obs.other_requests = vec![OtherRequest {
-            name: "older".into(),
-            created: "2026-11-21T09:00:00Z".into(),
-            finished: false,
-        }];
+        obs.other_requests = vec![contender("older", "2026-11-21T09:00:00Z", false)];
         let checks = run_all(
             &spec(&[]),
             &target,
@@ -995,11 +1090,8 @@ mod tests {
         assert!(!failed(CheckName::NotADowngrade));
         // A finished older request no longer holds the cluster; a younger one never does.
         obs.other_requests[0].finished = true;
-        obs.other_requests.push(OtherRequest {
-            name: "younger".into(),
-            created: "2026-11-21T11:00:00Z".into(),
-            finished: false,
-        });
+        obs.other_requests
+            .push(contender("younger", "2026-11-21T11:00:00Z", false));
         let checks = run_all(&spec(&[]), &target, &cvsh("4.1.6"), &[], &obs);
         assert_eq!(
             checks[&CheckName::SingleActiveRequest].state,
@@ -1009,25 +1101,63 @@ mod tests {
 
     #[test]
     fn skipped_checks_are_recorded_not_run() {
-        let target = row("4.3.2", "v1.34.5-3", &["4.1"]);
+        let target = row("4.3.2", "v1.34.5-3", &["4.0"]);
         let mut obs = pobs();
-        obs.workload = Err("connection refused".into());
+        obs.workload = Err(WorkloadUnavailable {
+            reason: "WorkloadAPIUnreachable",
+            message: "connection refused".into(),
+        });
         let checks = run_all(
-            &spec(&["UpgradePathSupported", "ControlPlaneHealthy"]),
+            &spec(&["NodesReady", "ControlPlaneHealthy"]),
             &target,
             &cvsh("4.0.11"),
-            &[machine("v1.31.14-2", true)],
+            &[machine("v1.31.14-2", false)],
             &obs,
         );
-        assert_eq!(
-            checks[&CheckName::UpgradePathSupported].state,
-            CheckState::Skipped
-        );
+        assert_eq!(checks[&CheckName::NodesReady].state, CheckState::Skipped);
         assert_eq!(
             checks[&CheckName::ControlPlaneHealthy].state,
             CheckState::Skipped
         );
         assert!(blocking(&checks.into_values().collect::<Vec<_>>()).is_empty());
+    }
+
+    #[test]
+    fn safety_checks_run_even_when_skip_lists_them() {
+        // An object stored under an older CRD may still list them.
+        let target = row("4.3.2", "v1.34.5-3", &["4.1"]);
+        let mut obs = pobs();
+        obs.globals = vec![("global".into(), Ok(Some(cvsh("4.2.5"))))];
+        obs.other_requests = vec![contender("older", "2026-11-21T09:00:00Z", true)];
+        let all_safety = [
+            "TargetRowExists",
+            "UpgradePathSupported",
+            "NotADowngrade",
+            "KubernetesVersionsCompatible",
+            "GlobalTierAtTarget",
+            "WorkloadBelowGlobal",
+            "SingleActiveRequest",
+            "PlatformPreflight",
+        ];
+        let checks = run_all(
+            &spec(&all_safety),
+            &target,
+            &cvsh("4.0.11"),
+            &[machine("v1.31.14-2", true)],
+            &obs,
+        );
+        for name in [
+            CheckName::UpgradePathSupported,
+            CheckName::GlobalTierAtTarget,
+            CheckName::SingleActiveRequest,
+        ] {
+            assert_eq!(checks[&name].state, CheckState::Failed, "{name:?}");
+        }
+        assert!(
+            checks
+                .values()
+                .all(|c| c.state != CheckState::Skipped || c.name.skippable())
+        );
     }
 
     #[test]

@@ -1,19 +1,27 @@
-//! The imperative shell: observe (reads only) → decide (pure) → execute the decision's writes
-//! → one status write. Watches Clusters, KubeadmControlPlanes, MachineDeployments, Machines
-//! and matrices, so progress is driven by events rather than polling.
+//! The imperative shell: observe (reads only) → decide (pure) → apply the decision's writes
+//! → one status write, by server-side apply. Watches Clusters, KubeadmControlPlanes,
+//! MachineDeployments, Machines and matrices, so progress is driven by events rather than
+//! polling.
+//!
+//! Isolation: the requests of one cluster are reconciled one at a time (so the one-request-
+//! per-cluster check reads every earlier decision), a panic in one request's reconcile is
+//! caught, and failures back off per request and, when they persist, show in its status.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
-use kube::core::ApiResource;
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
-use kube::{Client, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 use tracing::{info, instrument, warn};
 
@@ -21,35 +29,17 @@ use crate::api::{
     ClusterVersions, ExtensionStage, ExtensionsStatus, OSSupportMatrix, PlanStepKind, PoolStatus,
     PreflightStatus, StepState, UpgradeRequest, UpgradeRequestStatus,
 };
+use crate::apply;
 use crate::capi;
 use crate::decide::{self, Decision, Observed, Stall};
-use crate::observe::{Standby, get_opt, observe, observe_preflight, resolve_ref};
+use crate::error::{self, Error};
+use crate::observe::{Standby, observe, observe_preflight};
 use crate::platform::CvshConfig;
 use crate::preflight::{self, Scope};
 use crate::review;
 use crate::status::{self, Waiting};
 
-/// Field manager of every write this controller makes to others' objects.
-pub const FIELD_MANAGER: &str = "upgrade.cpaas.io/controller";
-
-/// Errors that are worth a retry (API hiccups). Problems with specs or clusters are status.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("Kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-    #[error("serialization: {0}")]
-    Json(#[from] serde_json::Error),
-}
-
-impl Error {
-    /// A static label for metrics and logs.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Error::Kube(_) => "KubeApi",
-            Error::Json(_) => "Serialization",
-        }
-    }
-}
+pub use crate::FIELD_MANAGER;
 
 pub struct Context {
     pub client: Client,
@@ -59,273 +49,69 @@ pub struct Context {
     pub cvsh: CvshConfig,
     /// The DR standby global cluster, when configured.
     pub standby: Option<Standby>,
+    recorder: Recorder,
+    /// Consecutive failed reconciles per request (for backoff and for reporting).
+    failures: Mutex<HashMap<ObjectRef<UpgradeRequest>, u32>>,
+    /// One lock per cluster (namespace, name): its requests are reconciled one at a time.
+    clusters: Mutex<HashMap<ClusterKey, Arc<tokio::sync::Mutex<()>>>>,
 }
 
-/// The template `source_ref` (an `infrastructure` or `bootstrap` template reference) points at:
-/// its API resource, an API for its namespace, and the object; a person must fix a reference
-/// that resolves to nothing.
-async fn template_source(
-    client: &Client,
-    ns: &str,
-    source_ref: &Value,
-    what: &str,
-) -> Result<Result<(ApiResource, Api<DynamicObject>, Value), Stall>, Error> {
-    let Some(ar) = resolve_ref(client, source_ref).await? else {
-        return Ok(Err(Stall {
-            reason: "TemplateNotFound".into(),
-            message: format!("invalid {what} template reference {source_ref}"),
-        }));
-    };
-    let api = Api::<DynamicObject>::namespaced_with(client.clone(), ns, &ar);
-    let source_name = source_ref["name"].as_str().unwrap_or("");
-    let Some(source) = get_opt(&api, source_name).await? else {
-        return Ok(Err(Stall {
-            reason: "TemplateNotFound".into(),
-            message: format!("{} {ns}/{source_name} does not exist", ar.kind),
-        }));
-    };
-    Ok(Ok((ar, api, source)))
-}
+/// A CAPI Cluster: (namespace, name).
+type ClusterKey = (String, String);
 
-/// Gets or creates the hop's clone of the template `source_ref` points at. A clone that exists
-/// with another image is a conflict a person must resolve.
-async fn ensure_template_clone(
-    client: &Client,
-    ns: &str,
-    source_ref: &Value,
-    version: &str,
-    image: &str,
-    owner: &Value,
-    v1beta2_holder: bool,
-) -> Result<Result<Value, Stall>, Error> {
-    let (ar, api, source) = match template_source(client, ns, source_ref, "infrastructure").await? {
-        Ok(found) => found,
-        Err(s) => return Ok(Err(s)),
-    };
-    let provider = match providers::for_template_kind(&ar.kind) {
-        Ok(p) => p,
-        Err(e) => {
-            return Ok(Err(Stall {
-                reason: "UnsupportedProvider".into(),
-                message: e.to_string(),
-            }));
+impl Context {
+    pub fn new(
+        client: Client,
+        capi: capi::ApiVersion,
+        cvsh: CvshConfig,
+        standby: Option<Standby>,
+    ) -> Self {
+        let reporter = Reporter {
+            controller: "upgrade-controller".into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            capi,
+            cvsh,
+            standby,
+            failures: Mutex::default(),
+            clusters: Mutex::default(),
         }
-    };
-    // A source that already is this hop's clone (a retried step) is reused as is.
-    if source["metadata"]["annotations"][providers::KUBERNETES_VERSION_ANNOTATION] == version
-        && provider.image_of(&source).as_deref() == Some(image)
-    {
-        return Ok(Ok(capi::reference_to(&source, v1beta2_holder)));
     }
-    let clone = match providers::clone_template(
-        provider,
-        &source,
-        version,
-        image,
-        capi::owner_reference(owner),
+
+    fn cluster_lock(&self, ns: &str, cluster: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.clusters.lock().unwrap_or_else(|p| p.into_inner());
+        locks
+            .entry((ns.to_string(), cluster.to_string()))
+            .or_default()
+            .clone()
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<UpgradeRequest>, u32>> {
+        self.failures.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Publishes an Event on `reference`; a failure to publish is logged, never fatal.
+    async fn event(
+        &self,
+        reference: &ObjectReference,
+        type_: EventType,
+        reason: &str,
+        note: String,
     ) {
-        Ok(c) => c,
-        Err(e) => {
-            return Ok(Err(Stall {
-                reason: "TemplateInvalid".into(),
-                message: e.to_string(),
-            }));
-        }
-    };
-    let name = capi::name(&clone).to_string();
-    let existing = match get_opt(&api, &name).await? {
-        Some(existing) => existing,
-        None => {
-            let obj: DynamicObject = serde_json::from_value(clone)?;
-            info!(template = %name, kind = %ar.kind, "creating machine template for hop");
-            match api.create(&PostParams::default(), &obj).await {
-                Ok(o) => serde_json::to_value(o)?,
-                Err(kube::Error::Api(s)) if s.code == 409 => {
-                    get_opt(&api, &name).await?.unwrap_or_default()
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-    };
-    if provider.image_of(&existing).as_deref() != Some(image) {
-        return Ok(Err(Stall {
-            reason: "TemplateConflict".into(),
-            message: format!(
-                "{} {ns}/{name} exists but uses image {:?}, not {image}; delete it or fix the matrix",
-                ar.kind,
-                provider.image_of(&existing)
-            ),
-        }));
-    }
-    Ok(Ok(capi::reference_to(&existing, v1beta2_holder)))
-}
-
-/// Server-side applies a partial CAPI object under this controller's field manager.
-async fn apply(client: &Client, ns: &str, obj: &Value) -> Result<(), Error> {
-    let ar = capi::api_resource(
-        obj["apiVersion"].as_str().unwrap_or_default(),
-        obj["kind"].as_str().unwrap_or_default(),
-    );
-    let api = Api::<DynamicObject>::namespaced_with(client.clone(), ns, &ar);
-    api.patch(
-        capi::name(obj),
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(obj),
-    )
-    .await?;
-    Ok(())
-}
-
-/// Carries out step `index`'s writes for `pools` (or the control plane).
-async fn execute(
-    client: &Client,
-    ur: &UpgradeRequest,
-    status: &UpgradeRequestStatus,
-    obs: &Observed,
-    index: usize,
-    pools: &[String],
-) -> Result<Result<(), Stall>, Error> {
-    let ns = ur.namespace().unwrap_or_default();
-    let step = &status.plan[index];
-    let (Some(cluster), Some(kcp), Some(matrix)) = (&obs.cluster, &obs.kcp, &obs.matrix) else {
-        unreachable!("decide only starts steps with a cluster, a KCP and a matrix");
-    };
-    let Some(row) = matrix
-        .spec
-        .rows
-        .iter()
-        .find(|r| r.distribution_version == step.distribution_version)
-    else {
-        return Ok(Err(Stall {
-            reason: "MissingMatrixRow".into(),
-            message: format!(
-                "row {} left the matrix during the upgrade",
-                step.distribution_version
-            ),
-        }));
-    };
-    let version = step.kubernetes_version.as_str();
-    let minor = crate::version::KubeVersion::parse(version)
-        .map(|v| v.minor())
-        .unwrap_or((1, 0));
-    match step.kind {
-        PlanStepKind::ControlPlane => {
-            let tref = match ensure_template_clone(
-                client,
-                &ns,
-                capi::kcp_infrastructure_ref(kcp),
-                version,
-                &step.os_image,
-                cluster,
-                capi::is_v1beta2(kcp),
-            )
-            .await?
-            {
-                Ok(r) => r,
-                Err(s) => return Ok(Err(s)),
-            };
-            let write = capi::kcp_apply(
-                kcp,
-                version,
-                minor,
-                &row.core_dns_image_tag,
-                &row.etcd_image_tag,
-                tref,
-            );
-            info!(
-                kcp = capi::name(kcp),
-                version, "patching KubeadmControlPlane"
-            );
-            apply(client, &ns, &write).await?;
-        }
-        PlanStepKind::Workers => {
-            for pool in pools {
-                let Some(md) = obs.mds.iter().find(|m| capi::name(m) == pool) else {
-                    return Ok(Err(Stall {
-                        reason: "PoolNotFound".into(),
-                        message: format!("MachineDeployment {pool} no longer exists"),
-                    }));
-                };
-                let tref = match ensure_template_clone(
-                    client,
-                    &ns,
-                    capi::md_infrastructure_ref(md),
-                    version,
-                    &step.os_image,
-                    cluster,
-                    capi::is_v1beta2(md),
-                )
-                .await?
-                {
-                    Ok(r) => r,
-                    Err(s) => return Ok(Err(s)),
-                };
-                let bootstrap = if capi::needs_kubelet_patch(minor) {
-                    match ensure_bootstrap_clone(
-                        client,
-                        &ns,
-                        capi::md_bootstrap_ref(md),
-                        version,
-                        cluster,
-                        capi::is_v1beta2(md),
-                    )
-                    .await?
-                    {
-                        Ok(r) => Some(r),
-                        Err(s) => return Ok(Err(s)),
-                    }
-                } else {
-                    None
-                };
-                let write = capi::md_apply(md, version, tref, bootstrap);
-                info!(pool, version, "patching MachineDeployment");
-                apply(client, &ns, &write).await?;
-            }
+        let ev = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: reason.into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, reference).await {
+            warn!(reason, "could not publish an Event: {e}");
         }
     }
-    Ok(Ok(()))
-}
-
-/// For hops to ≥ 1.35: a KubeadmConfigTemplate clone whose nodes get the kubelet patch file
-/// (DOMAIN.md §3).
-async fn ensure_bootstrap_clone(
-    client: &Client,
-    ns: &str,
-    source_ref: &Value,
-    version: &str,
-    owner: &Value,
-    v1beta2_holder: bool,
-) -> Result<Result<Value, Stall>, Error> {
-    let (_, api, source) = match template_source(client, ns, source_ref, "bootstrap").await? {
-        Ok(found) => found,
-        Err(s) => return Ok(Err(s)),
-    };
-    let base =
-        providers::template_base(&source).unwrap_or_else(|_| capi::name(&source).to_string());
-    let name = providers::clone_name(&base, version, capi::KUBELET_PATCH_PATH);
-    if get_opt(&api, &name).await?.is_none() {
-        let mut spec = source["spec"].clone();
-        spec["template"]["spec"]["files"] =
-            capi::with_kubelet_patch(&spec["template"]["spec"]["files"]);
-        let clone = json!({
-            "apiVersion": source["apiVersion"], "kind": source["kind"],
-            "metadata": {
-                "name": name, "namespace": ns,
-                "ownerReferences": [capi::owner_reference(owner)],
-                "annotations": {providers::TEMPLATE_BASE_ANNOTATION: base, providers::KUBERNETES_VERSION_ANNOTATION: version},
-            },
-            "spec": spec,
-        });
-        let obj: DynamicObject = serde_json::from_value(clone)?;
-        match api.create(&PostParams::default(), &obj).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 409 => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    let clone = json!({"apiVersion": source["apiVersion"], "kind": source["kind"],
-                       "metadata": {"name": name, "namespace": ns}});
-    Ok(Ok(capi::reference_to(&clone, v1beta2_holder)))
 }
 
 /// Runs the preflight of `scope` and the (initial) review into `status`. `observedAt` moves
@@ -431,20 +217,318 @@ fn mirror_extensions(status: &mut UpgradeRequestStatus, cvsh: &Value) {
         .unwrap_or_default();
 }
 
+/// The status write: server-side apply of the whole status under this controller's field
+/// manager, so a list that became empty (a plan re-made to no steps) is emptied on the server.
+async fn write_status(
+    api: &Api<UpgradeRequest>,
+    name: &str,
+    status: &UpgradeRequestStatus,
+) -> Result<(), Error> {
+    let body = json!({
+        "apiVersion": UpgradeRequest::api_version(&()),
+        "kind": UpgradeRequest::kind(&()),
+        "status": status,
+    });
+    match api
+        .patch_status(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        // Deleted since it was read: nothing left to record.
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// An ObjectReference to a CAPI object read as JSON (for Events on it).
+fn reference_of(obj: &Value) -> ObjectReference {
+    let s = |k: &str| obj["metadata"][k].as_str().map(str::to_string);
+    ObjectReference {
+        api_version: obj["apiVersion"].as_str().map(str::to_string),
+        kind: obj["kind"].as_str().map(str::to_string),
+        name: s("name"),
+        namespace: s("namespace"),
+        uid: s("uid"),
+        ..ObjectReference::default()
+    }
+}
+
+fn condition_reason<'a>(
+    status: &'a UpgradeRequestStatus,
+    type_: &str,
+) -> Option<(&'a str, &'a str, &'a str)> {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.as_str(), c.reason.as_str(), c.message.as_str()))
+}
+
+/// Events for what changed between `before` and `after`: every new history entry (plans,
+/// Phase 1, step start and finish), a new stall, a new preflight block, a phase change.
+async fn publish_changes(
+    ctx: &Context,
+    ur: &UpgradeRequest,
+    before: &UpgradeRequestStatus,
+    after: &UpgradeRequestStatus,
+) {
+    let reference = ur.object_ref(&());
+    let new_entries = after
+        .history
+        .iter()
+        .take_while(|h| before.history.first() != Some(*h))
+        .collect::<Vec<_>>();
+    for h in new_entries.into_iter().rev() {
+        ctx.event(&reference, EventType::Normal, "Progress", h.message.clone())
+            .await;
+    }
+    if after.phase != before.phase
+        && let Some(phase) = after.phase
+    {
+        ctx.event(
+            &reference,
+            EventType::Normal,
+            "PhaseChanged",
+            format!(
+                "{:?} → {phase:?}: {}",
+                before.phase,
+                condition_reason(after, "Ready").map_or("", |c| c.2)
+            ),
+        )
+        .await;
+    }
+    let stalled = |s: &UpgradeRequestStatus| {
+        condition_reason(s, "Stalled")
+            .filter(|c| c.0 == "True")
+            .map(|c| (c.1.to_string(), c.2.to_string()))
+    };
+    if let Some((reason, message)) = stalled(after)
+        && stalled(before).map(|b| b.0) != Some(reason.clone())
+    {
+        ctx.event(&reference, EventType::Warning, &reason, message)
+            .await;
+    }
+    let blocked = |s: &UpgradeRequestStatus| {
+        condition_reason(s, "PreflightPassed")
+            .filter(|c| c.0 == "False")
+            .map(|c| (c.1.to_string(), c.2.to_string()))
+    };
+    if let Some((reason, message)) = blocked(after)
+        && blocked(before).map(|b| b.0) != Some(reason.clone())
+    {
+        ctx.event(
+            &reference,
+            EventType::Warning,
+            "PreflightBlocked",
+            format!("{reason}: {message}"),
+        )
+        .await;
+    }
+}
+
+/// Reconciles one request; a panic inside is caught and becomes an error of this request
+/// only. Failures are counted per request: they back off exponentially, and from the
+/// [`error::FAILURES_BEFORE_REPORT`]th in a row the request's status says what failed.
 #[instrument(skip_all, fields(request = %ur.name_any(), namespace = ur.namespace().unwrap_or_default()))]
 pub async fn reconcile(ur: Arc<UpgradeRequest>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let key = ObjectRef::from_obj(ur.as_ref());
+    let outcome = AssertUnwindSafe(reconcile_request(&ur, &ctx))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".into());
+            Err(Error::Panicked(what))
+        });
+    match outcome {
+        Ok(action) => {
+            ctx.failures().remove(&key);
+            Ok(action)
+        }
+        Err(e) => {
+            let attempts = {
+                let mut failures = ctx.failures();
+                let n = failures.entry(key).or_insert(0);
+                *n = n.saturating_add(1);
+                *n
+            };
+            warn!(reason = e.reason(), attempts, "reconcile failed: {e}");
+            if attempts >= error::FAILURES_BEFORE_REPORT
+                && let Err(report) = report_failure(&ctx, &ur, &e, attempts).await
+            {
+                warn!("could not record the failure in status: {report}");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Shows a persistent failure in the request's status: `Stalled=True` (and `Ready=False`)
+/// with the failure's reason and the API server's own message. The next successful reconcile
+/// recomputes the conditions and clears it.
+async fn report_failure(
+    ctx: &Context,
+    ur: &UpgradeRequest,
+    e: &Error,
+    attempts: u32,
+) -> Result<(), Error> {
+    let api: Api<UpgradeRequest> =
+        Api::namespaced(ctx.client.clone(), &ur.namespace().unwrap_or_default());
+    let fresh = match api.get(&ur.name_any()).await {
+        Ok(f) => f,
+        Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
+        Err(err) => return Err(err.into()),
+    };
+    let before = fresh.status.clone().unwrap_or_default();
+    let mut status = before.clone();
+    let generation = fresh.metadata.generation.unwrap_or(0);
+    let next = error::backoff(attempts + 1, 0.5).as_secs();
+    let failure = Stall {
+        reason: e.reason().to_string(),
+        message: format!(
+            "{e} ({}; failed {attempts} times in a row, retrying in about {next}s)",
+            e.advice()
+        ),
+    };
+    status::summarize(
+        &mut status,
+        Some(&failure),
+        Waiting::Nothing,
+        fresh.spec.paused,
+        generation,
+        Timestamp::now(),
+    );
+    if status != before {
+        write_status(&api, &fresh.name_any(), &status).await?;
+        publish_changes(ctx, &fresh, &before, &status).await;
+    }
+    Ok(())
+}
+
+/// While a request is deleted: a rollout it started is let finish (nothing new is started),
+/// then where it leaves the cluster is recorded on the Cluster and in Events, and the
+/// finalizer is removed.
+async fn finalize(
+    ctx: &Context,
+    api: &Api<UpgradeRequest>,
+    ur: &UpgradeRequest,
+    obs: &Observed,
+) -> Result<Action, Error> {
+    if !ur.finalizers().iter().any(|f| f == apply::FINALIZER) {
+        return Ok(Action::await_change());
+    }
+    let before = ur.status.clone().unwrap_or_default();
+    let now = Timestamp::now();
+    let cluster_live = obs
+        .cluster
+        .as_ref()
+        .filter(|c| c["metadata"]["deletionTimestamp"].is_null());
+    if let (Some(_), Some(kcp), Some(index)) = (
+        cluster_live,
+        &obs.kcp,
+        before
+            .plan
+            .iter()
+            .position(|s| s.state == StepState::InProgress),
+    ) {
+        let step = &before.plan[index];
+        let version = step.kubernetes_version.as_str();
+        let pending: Vec<String> = match step.kind {
+            PlanStepKind::ControlPlane => decide::control_plane_pending(obs, kcp, version),
+            PlanStepKind::Workers => obs
+                .mds
+                .iter()
+                .filter(|md| step.pools.iter().any(|p| p == capi::name(md)))
+                .filter(|md| capi::md_version(md) == Some(version))
+                .flat_map(|md| decide::pool_pending(obs, md, version))
+                .collect(),
+        };
+        if !pending.is_empty() {
+            let msg = format!(
+                "deleting: step {}/{} ({:?} to Kubernetes {version}) is rolling out and is let finish before the request goes (nothing new is started): {}",
+                index + 1,
+                before.plan.len(),
+                step.kind,
+                pending.join("; ")
+            );
+            let mut status = before.clone();
+            status::summarize(
+                &mut status,
+                None,
+                Waiting::Deleting(msg),
+                ur.spec.paused,
+                ur.metadata.generation.unwrap_or(0),
+                now,
+            );
+            if status != before {
+                write_status(api, &ur.name_any(), &status).await?;
+                publish_changes(ctx, ur, &before, &status).await;
+            }
+            return Ok(Action::requeue(Duration::from_secs(30)));
+        }
+    }
+    let note = format!(
+        "UpgradeRequest {}/{} was deleted at {now} before it finished: {}; create a new UpgradeRequest to continue",
+        ur.namespace().unwrap_or_default(),
+        ur.name_any(),
+        apply::left_at(&before)
+    );
+    let finished = before.phase == Some(crate::api::Phase::Succeeded);
+    if let Some(cluster) = cluster_live
+        && decide::plan_frozen(&before)
+        && !finished
+    {
+        apply::record_left_at(&ctx.client, cluster, &note).await?;
+        ctx.event(
+            &reference_of(cluster),
+            EventType::Warning,
+            "UpgradeRequestDeleted",
+            note.clone(),
+        )
+        .await;
+    }
+    ctx.event(
+        &ur.object_ref(&()),
+        EventType::Normal,
+        "Deleted",
+        if finished {
+            "the request had finished; nothing was left in flight".into()
+        } else {
+            note
+        },
+    )
+    .await;
+    apply::remove_finalizer(api, ur).await?;
+    Ok(Action::await_change())
+}
+
+async fn reconcile_request(ur: &UpgradeRequest, ctx: &Context) -> Result<Action, Error> {
     let client = &ctx.client;
+    let ns = ur.namespace().unwrap_or_default();
+    // One cluster's requests one at a time: the preflight of one then sees every decision
+    // recorded by the others (SingleActiveRequest cannot be passed by two at once).
+    let lock = ctx.cluster_lock(&ns, &ur.spec.cluster_name);
+    let _held = lock.lock().await;
     // Decide from the stored status, never from the watch cache: the cache may not yet hold
     // the status this controller wrote a moment ago, and deciding from an older one would
     // re-plan or repeat a step.
-    let requests: Api<UpgradeRequest> =
-        Api::namespaced(client.clone(), &ur.namespace().unwrap_or_default());
+    let requests: Api<UpgradeRequest> = Api::namespaced(client.clone(), &ns);
     let ur = match requests.get(&ur.name_any()).await {
         Ok(fresh) => fresh,
         Err(e) if crate::observe::not_found(&e) => return Ok(Action::await_change()),
         Err(e) => return Err(e.into()),
     };
     let mut obs = observe(client, &ur, ctx.capi, &ctx.cvsh).await?;
+    if ur.metadata.deletion_timestamp.is_some() {
+        return finalize(ctx, &requests, &ur, &obs).await;
+    }
     let generation = ur.metadata.generation.unwrap_or(0);
     let original = ur.status.clone().unwrap_or_default();
     let mut status = original.clone();
@@ -475,9 +559,9 @@ pub async fn reconcile(ur: Arc<UpgradeRequest>, ctx: Arc<Context>) -> Result<Act
             }
             record_preflight(&mut status, &ur, &obs, scope, now);
         }
-        match decide::decide(&ur.spec, generation, &status, &obs, now) {
+        match decide::decide(&ur.spec, &status, &obs, now) {
             Decision::Stall(s) => {
-                if status.plan_generation != Some(generation)
+                if !decide::plan_frozen(&status)
                     && let Some(c) = preflight::from_plan_error(&s.reason, &s.message)
                 {
                     status.preflight = Some(PreflightStatus {
@@ -490,6 +574,11 @@ pub async fn reconcile(ur: Arc<UpgradeRequest>, ctx: Arc<Context>) -> Result<Act
                 requeue = Duration::from_secs(60);
                 break;
             }
+            Decision::ClusterPaused { message } => {
+                waiting = Waiting::ClusterPaused(message);
+                requeue = Duration::from_secs(60);
+                break;
+            }
             Decision::SetPlan {
                 steps,
                 current,
@@ -497,7 +586,6 @@ pub async fn reconcile(ur: Arc<UpgradeRequest>, ctx: Arc<Context>) -> Result<Act
             } => {
                 let n = steps.len();
                 status.plan = steps;
-                status.plan_generation = Some(generation);
                 status.current = Some(ClusterVersions {
                     control_plane: current.control_plane,
                     pools: current
@@ -530,20 +618,15 @@ pub async fn reconcile(ur: Arc<UpgradeRequest>, ctx: Arc<Context>) -> Result<Act
                 break;
             }
             Decision::RequestExtensions { version, write } => {
+                // From here on the request holds the cluster: a deletion must let it finish
+                // what it started.
+                apply::add_finalizer(&requests, &ur).await?;
                 if write {
-                    let obj = ctx.cvsh.desired_update(&ur.spec.cluster_name, &version);
+                    let Ok(name) = ctx.cvsh.name_for(&ns, &ur.spec.cluster_name) else {
+                        unreachable!("decide stalls requests whose cluster maps to no cvsh");
+                    };
                     info!(cvsh = %obs.cvsh_where, version, "requesting the Distribution Version");
-                    let api = Api::<DynamicObject>::namespaced_with(
-                        client.clone(),
-                        &ctx.cvsh.namespace,
-                        &ctx.cvsh.resource,
-                    );
-                    api.patch(
-                        &ur.spec.cluster_name,
-                        &PatchParams::apply(FIELD_MANAGER).force(),
-                        &Patch::Apply(&obj),
-                    )
-                    .await?;
+                    apply::request_extensions(client, &ctx.cvsh, &name, &version).await?;
                 }
                 status.aligned_extensions = Some(ExtensionsStatus {
                     version: Some(version.clone()),
@@ -564,6 +647,7 @@ pub async fn reconcile(ur: Arc<UpgradeRequest>, ctx: Arc<Context>) -> Result<Act
                 break;
             }
             Decision::ExtensionsDone => {
+                apply::add_finalizer(&requests, &ur).await?;
                 let ext = status
                     .aligned_extensions
                     .get_or_insert_with(Default::default);
@@ -587,7 +671,7 @@ pub async fn reconcile(ur: Arc<UpgradeRequest>, ctx: Arc<Context>) -> Result<Act
             }
             Decision::Succeeded | Decision::Paused => break,
             Decision::Start { index, pools } => {
-                match execute(client, &ur, &status, &obs, index, &pools).await? {
+                match apply::execute(client, &ur, &status, &obs, index, &pools).await? {
                     Ok(()) => {
                         let step = &mut status.plan[index];
                         if step.state != StepState::InProgress {
@@ -644,14 +728,8 @@ pub async fn reconcile(ur: Arc<UpgradeRequest>, ctx: Arc<Context>) -> Result<Act
         now,
     );
     if status != original {
-        let api: Api<UpgradeRequest> =
-            Api::namespaced(client.clone(), &ur.namespace().unwrap_or_default());
-        api.patch_status(
-            &ur.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(json!({"status": status})),
-        )
-        .await?;
+        write_status(&requests, &ur.name_any(), &status).await?;
+        publish_changes(ctx, &ur, &original, &status).await;
     }
     if let Some(s) = &stall {
         warn!(reason = %s.reason, "stalled: {}", s.message);
@@ -659,9 +737,13 @@ pub async fn reconcile(ur: Arc<UpgradeRequest>, ctx: Arc<Context>) -> Result<Act
     Ok(Action::requeue(requeue))
 }
 
-fn error_policy(_ur: Arc<UpgradeRequest>, error: &Error, _ctx: Arc<Context>) -> Action {
-    warn!(reason = error.reason(), "reconcile failed: {error}");
-    Action::requeue(Duration::from_secs(5))
+fn error_policy(ur: Arc<UpgradeRequest>, _error: &Error, ctx: Arc<Context>) -> Action {
+    let attempts = ctx
+        .failures()
+        .get(&ObjectRef::from_obj(ur.as_ref()))
+        .copied()
+        .unwrap_or(1);
+    Action::requeue(error::backoff(attempts, error::jitter()))
 }
 
 /// Runs the controller until SIGTERM / Ctrl-C, for every namespace or only `namespace`,
@@ -729,12 +811,7 @@ pub async fn run(
         .run(
             reconcile,
             error_policy,
-            Arc::new(Context {
-                client,
-                capi: capi_version,
-                cvsh,
-                standby,
-            }),
+            Arc::new(Context::new(client, capi_version, cvsh, standby)),
         )
         .for_each(|res| async move {
             if let Err(e) = res {

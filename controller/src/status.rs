@@ -11,7 +11,7 @@ use crate::preflight;
 use crate::review;
 
 /// What a request that is neither stalled nor rolling out waits for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Waiting {
     /// Nothing: it is progressing (or finished).
     Nothing,
@@ -19,6 +19,10 @@ pub enum Waiting {
     Preflight,
     /// The two-step review.
     Acknowledgement,
+    /// The Cluster is paused (`spec.paused`); the message says so.
+    ClusterPaused(String),
+    /// The request is being deleted and waits for the running rollout to finish.
+    Deleting(String),
 }
 
 /// Keep this many history entries.
@@ -83,7 +87,7 @@ pub fn summarize(
         .iter()
         .filter(|s| s.state == StepState::Succeeded)
         .count();
-    let planned = status.plan_generation.is_some();
+    let planned = status.target.is_some();
     status.progress = planned.then(|| format!("{done}/{total}"));
     status.observed_generation = Some(generation);
     // Finished means both phases: the Distribution Version and every hop.
@@ -104,9 +108,10 @@ pub fn summarize(
         Phase::Preflight
     } else if waiting == Waiting::Acknowledgement {
         Phase::AwaitingAcknowledgement
-    } else if paused
-        && !extensions_running
-        && !status.plan.iter().any(|s| s.state == StepState::InProgress)
+    } else if matches!(waiting, Waiting::ClusterPaused(_))
+        || (paused
+            && !extensions_running
+            && !status.plan.iter().any(|s| s.state == StepState::InProgress))
     {
         Phase::Paused
     } else if extensions_running {
@@ -118,7 +123,7 @@ pub fn summarize(
     };
     status.phase = Some(phase);
 
-    let gate_message = match waiting {
+    let gate_message = match &waiting {
         Waiting::Preflight => status.preflight.as_ref().map(|pf| {
             let blocking: Vec<String> = preflight::blocking(&pf.checks)
                 .iter()
@@ -127,6 +132,7 @@ pub fn summarize(
             format!("preflight ({}) blocks: {}", pf.scope, blocking.join("; "))
         }),
         Waiting::Acknowledgement => status.review.as_ref().and_then(review::pending_message),
+        Waiting::ClusterPaused(m) | Waiting::Deleting(m) => Some(m.clone()),
         Waiting::Nothing => None,
     };
     let current_step = if let Some(m) = &gate_message {
@@ -233,6 +239,12 @@ pub fn summarize(
     } else {
         let (reason, msg) = match (stall, phase) {
             (Some(s), _) => (s.reason.as_str(), s.message.clone()),
+            (None, _) if matches!(waiting, Waiting::Deleting(_)) => {
+                ("Deleting", current_step.clone().unwrap_or_default())
+            }
+            (None, Phase::Paused) if matches!(waiting, Waiting::ClusterPaused(_)) => {
+                ("ClusterPaused", current_step.clone().unwrap_or_default())
+            }
             (None, Phase::Paused) => ("Paused", "spec.paused is true".to_string()),
             (None, Phase::Preflight) => {
                 ("PreflightFailed", current_step.clone().unwrap_or_default())
@@ -260,6 +272,7 @@ pub fn summarize(
             (true, Phase::Preflight) => "WaitingForPreflight",
             (true, Phase::AwaitingAcknowledgement) => "WaitingForAcknowledgement",
             (true, Phase::UpgradingExtensions) => "UpgradingExtensions",
+            (true, _) if matches!(waiting, Waiting::Deleting(_)) => "Deleting",
             (true, _) => "Upgrading",
         },
         if reconciling { &msg } else { "" },
@@ -267,20 +280,20 @@ pub fn summarize(
         now,
     );
     let paused_now = phase == Phase::Paused;
+    let (paused_reason, paused_message) = match &waiting {
+        Waiting::ClusterPaused(m) if paused_now => ("ClusterPaused", m.as_str()),
+        _ if paused_now => (
+            "PausedBySpec",
+            "stopped at a step boundary because spec.paused is true",
+        ),
+        _ => ("NotPaused", ""),
+    };
     set_condition(
         c,
         "Paused",
         paused_now,
-        if paused_now {
-            "PausedBySpec"
-        } else {
-            "NotPaused"
-        },
-        if paused_now {
-            "stopped at a step boundary because spec.paused is true"
-        } else {
-            ""
-        },
+        paused_reason,
+        paused_message,
         generation,
         now,
     );

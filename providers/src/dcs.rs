@@ -49,6 +49,10 @@ impl Provider for Dcs {
         Some("vmTemplateName")
     }
 
+    fn slot_pool_kind(&self) -> Option<&'static str> {
+        Some("DCSIpHostnamePool")
+    }
+
     fn slot_pool(&self, template: &Value) -> Option<SlotPoolRef> {
         let mut pool = pool_ref(
             template,

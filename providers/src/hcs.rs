@@ -42,6 +42,10 @@ impl Provider for Hcs {
         &["providerID", "serverId"]
     }
 
+    fn slot_pool_kind(&self) -> Option<&'static str> {
+        Some("HCSMachineConfigPool")
+    }
+
     fn slot_pool(&self, template: &Value) -> Option<SlotPoolRef> {
         pool_ref(
             template,

@@ -16,9 +16,6 @@ mod dcs;
 mod hcs;
 mod vsphere;
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
-
 use serde_json::{Map, Value, json};
 
 pub use capacity::{
@@ -113,6 +110,10 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     fn per_machine_fields(&self) -> &'static [&'static str] {
         &["providerID"]
     }
+    /// The kind (group `infrastructure.cluster.x-k8s.io`) of this provider's slot pools.
+    fn slot_pool_kind(&self) -> Option<&'static str> {
+        None
+    }
     /// The slot pool a machine template (the full object) draws per-machine IP/hostname/disk
     /// slots from; `None` when the provider or this template has none.
     fn slot_pool(&self, _template: &Value) -> Option<SlotPoolRef> {
@@ -148,6 +149,30 @@ pub fn for_template_kind(kind: &str) -> Result<&'static dyn Provider, ProviderEr
         .ok_or_else(|| ProviderError::UnknownKind(kind.to_string()))
 }
 
+/// Whether a template's slot pool reference may be read: it must name the provider's own pool
+/// kind in group `infrastructure.cluster.x-k8s.io` and stay in the template's namespace `ns`.
+/// Templates belong to the tenant's namespace, so anything else would let a tenant make the
+/// controller read other kinds, or other namespaces, with its cluster-wide rights.
+pub fn check_pool_ref(provider: &dyn Provider, pool: &SlotPoolRef, ns: &str) -> Result<(), String> {
+    let group = pool.api_version.rsplit_once('/').map_or("", |(g, _)| g);
+    let expected = provider.slot_pool_kind();
+    if group != "infrastructure.cluster.x-k8s.io" || Some(pool.kind.as_str()) != expected {
+        return Err(format!(
+            "the slot pool reference names {} {}, not a {} of group infrastructure.cluster.x-k8s.io; refused",
+            pool.api_version,
+            pool.kind,
+            expected.unwrap_or("slot pool")
+        ));
+    }
+    if let Some(other) = pool.namespace.as_deref().filter(|n| *n != ns) {
+        return Err(format!(
+            "the slot pool reference {} {} points into namespace {other:?}, outside the request's namespace {ns:?}; refused",
+            pool.kind, pool.name
+        ));
+    }
+    Ok(())
+}
+
 /// Sets `value` at `path` under `root`, which must already hold every object on the way.
 pub(crate) fn set_at(root: &mut Value, path: &[&str], value: Value) -> Result<(), ProviderError> {
     let missing = |root: &Value| ProviderError::MissingPath {
@@ -170,10 +195,30 @@ pub(crate) fn set_at(root: &mut Value, path: &[&str], value: Value) -> Result<()
     Ok(())
 }
 
-/// The name of the template a hop clones from `source_name`: the line's base name plus the
-/// hop's Kubernetes version, e.g. `prod-a-cp-v1-33-7-4`. Deterministic, a valid DNS label
-/// (≤ 63 characters, shortened with a hash when needed), and unique per (line, version, image).
-pub fn clone_name(base: &str, kubernetes_version: &str, image: &str) -> String {
+/// 64-bit FNV-1a (http://www.isthe.com/chongo/tech/comp/fnv/), a specified hash: the same
+/// input gives the same name with every toolchain and release, so a controller rebuilt in the
+/// middle of an upgrade finds the templates its predecessor made (std's `DefaultHasher` makes
+/// no such promise).
+pub fn fnv1a64(parts: &[&str]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for (i, part) in parts.iter().enumerate() {
+        // A separator byte that cannot occur in the parts keeps ("ab","c") apart from ("a","bc").
+        let bytes = part.bytes().chain((i + 1 < parts.len()).then_some(0u8));
+        for b in bytes {
+            hash ^= u64::from(b);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    hash
+}
+
+/// The name of the template a hop clones from the line `base`: the base name plus the hop's
+/// Kubernetes version and a hash of (base, version, `variant`), e.g.
+/// `prod-a-cp-v1-33-7-4-0c1e2a3b`. `variant` is what else makes the clone distinct: the OS
+/// image for machine templates, the kubelet patch for bootstrap templates. Deterministic across
+/// releases ([`fnv1a64`]), a valid DNS label (≤ 63 characters, base and version shortened as
+/// needed, the hash always kept), and unique per (line, version, variant).
+pub fn clone_name(base: &str, kubernetes_version: &str, variant: &str) -> String {
     let version: String = kubernetes_version
         .chars()
         .map(|c| {
@@ -184,16 +229,23 @@ pub fn clone_name(base: &str, kubernetes_version: &str, image: &str) -> String {
             }
         })
         .collect();
-    let mut hasher = DefaultHasher::new();
-    (base, kubernetes_version, image).hash(&mut hasher);
-    let hash = format!("{:08x}", hasher.finish() as u32);
-    let full = format!("{base}-{version}-{hash}");
-    if full.len() <= 63 {
-        return full;
-    }
-    let keep = 63 - version.len() - hash.len() - 2;
-    let base: String = base.chars().take(keep).collect();
-    format!("{}-{version}-{hash}", base.trim_end_matches('-'))
+    let hash = format!(
+        "{:08x}",
+        fnv1a64(&[base, kubernetes_version, variant]) as u32
+    );
+    let trim = |s: &str, max: usize| -> String {
+        let cut: String = s.chars().take(max).collect();
+        cut.trim_matches('-').to_string()
+    };
+    // 63 = base + "-" + version + "-" + 8 hash characters; the version keeps at most 24.
+    let version = trim(&version, 24);
+    let base = trim(base, 63 - 2 - hash.len() - version.len());
+    [base.as_str(), version.as_str(), hash.as_str()]
+        .iter()
+        .filter(|p| !p.is_empty())
+        .copied()
+        .collect::<Vec<_>>()
+        .join("-")
 }
 
 /// The base name of a template's line: its own annotation, or its name for an original.
@@ -355,6 +407,49 @@ mod tests {
     }
 
     #[test]
+    fn clone_names_are_the_same_in_every_release() {
+        // Golden values (also computed by an independent FNV-1a implementation): FNV-1a is
+        // specified, so these never change. If this test fails, a
+        // controller upgraded mid-upgrade would clone a second template and roll a hop again.
+        assert_eq!(fnv1a64(&[""]), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a64(&["a"]), 0xaf63_dc4c_8601_ec8c);
+        assert_eq!(
+            clone_name("prod-a-cp", "v1.33.7-4", "acp-4.2.5-kube-v1.33.7-4"),
+            GOLDEN_CP
+        );
+        assert_eq!(
+            clone_name(
+                "prod-a-md-a",
+                "v1.35.6-acp.1",
+                "acp-4.4.0-kube-v1.35.6-acp.1"
+            ),
+            GOLDEN_MD
+        );
+    }
+    const GOLDEN_CP: &str = "prod-a-cp-v1-33-7-4-d276a1e3";
+    const GOLDEN_MD: &str = "prod-a-md-a-v1-35-6-acp-1-f03d0be4";
+
+    #[test]
+    fn clone_names_stay_dns_labels_whatever_the_lengths() {
+        for base_len in [1, 40, 63, 80] {
+            for version in [
+                "v1.33.7",
+                "v1.35.6-acp.1",
+                &format!("v1.35.6-{}", "x".repeat(60)),
+            ] {
+                let n = clone_name(&"b".repeat(base_len), version, "img");
+                assert!(n.len() <= 63, "{n}");
+                assert!(
+                    n.chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+                    "{n}"
+                );
+                assert!(!n.starts_with('-') && !n.ends_with('-'), "{n}");
+            }
+        }
+    }
+
+    #[test]
     fn clone_names_are_deterministic_short_and_distinct() {
         let a = clone_name("prod-a-cp", "v1.33.7-4", "img-1");
         assert_eq!(a, clone_name("prod-a-cp", "v1.33.7-4", "img-1"));
@@ -368,6 +463,27 @@ mod tests {
         let long = clone_name(&"x".repeat(80), "v1.35.6-acp.1", "img");
         assert!(long.len() <= 63, "{long}");
         assert!(long.contains("-v1-35-6-acp-1-"));
+    }
+
+    #[test]
+    fn slot_pool_references_stay_in_the_namespace_and_kind() {
+        let pool = |api_version: &str, kind: &str, ns: Option<&str>| SlotPoolRef {
+            api_version: api_version.into(),
+            kind: kind.into(),
+            name: "p".into(),
+            namespace: ns.map(str::to_string),
+        };
+        let infra = "infrastructure.cluster.x-k8s.io/v1beta1";
+        assert!(check_pool_ref(&Hcs, &pool(infra, "HCSMachineConfigPool", None), "t").is_ok());
+        assert!(check_pool_ref(&Hcs, &pool(infra, "HCSMachineConfigPool", Some("t")), "t").is_ok());
+        let other_ns = check_pool_ref(
+            &Hcs,
+            &pool(infra, "HCSMachineConfigPool", Some("kube-system")),
+            "t",
+        );
+        assert!(other_ns.unwrap_err().contains("kube-system"));
+        assert!(check_pool_ref(&Hcs, &pool("v1", "Secret", None), "t").is_err());
+        assert!(check_pool_ref(&Hcs, &pool(infra, "DCSIpHostnamePool", None), "t").is_err());
     }
 
     #[test]

@@ -37,6 +37,10 @@ impl Provider for Vsphere {
         Some("template")
     }
 
+    fn slot_pool_kind(&self) -> Option<&'static str> {
+        Some("VSphereMachineConfigPool")
+    }
+
     fn slot_pool(&self, template: &Value) -> Option<SlotPoolRef> {
         pool_ref(
             template,

@@ -1,8 +1,10 @@
 //! The `upgrade.cpaas.io/v1alpha1` API.
 
+mod duration;
 mod matrix;
 mod upgrade_request;
 
+pub use duration::{DurationError, MAX_TIMEOUT, MIN_TIMEOUT, parse_go_duration};
 pub use matrix::*;
 /// Which of a row's image names a provider uses.
 pub use providers::ImageKey;

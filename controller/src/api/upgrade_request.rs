@@ -4,6 +4,14 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
+pub use super::duration::Timeout;
+
+/// A DNS-1123 label (a CAPI Cluster's name).
+pub const DNS_LABEL: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+/// A DNS-1123 subdomain (most object names).
+pub const DNS_SUBDOMAIN: &str =
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+
 /// Moves the CAPI Cluster `spec.clusterName` (same namespace) to Distribution Version
 /// `spec.targetVersion`, one Kubernetes minor at a time, control plane first, each hop from
 /// that minor's OS image in the OS Support Matrix.
@@ -21,23 +29,29 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Step","type":"string","jsonPath":".status.progress"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    validation = Rule::new(PLAN_INPUTS_FROZEN).message(PLAN_INPUTS_FROZEN_MESSAGE)
 )]
 #[serde(rename_all = "camelCase")]
 pub struct UpgradeRequestSpec {
-    /// Name of the CAPI Cluster to upgrade, in this namespace. Immutable.
+    /// Name of the CAPI Cluster to upgrade, in this namespace (a DNS label). Immutable.
     #[x_kube(validation = Rule::new("self == oldSelf").message("clusterName is immutable; create a new UpgradeRequest for another cluster"))]
-    #[schemars(length(min = 1, max = 63))]
+    #[schemars(length(min = 1, max = 63), regex(pattern = DNS_LABEL))]
     pub cluster_name: String,
 
     /// Target Distribution Version: `MAJOR.MINOR` (e.g. `4.3`, meaning that minor's latest
-    /// patch row) or an exact row (`4.3.1`).
-    #[schemars(regex(pattern = r"^v?[0-9]+\.[0-9]+(\.[0-9]+)?$"))]
+    /// patch row) or an exact row (`4.3.1`). Fixed once Phase 1 has been requested: a new
+    /// target then needs a new UpgradeRequest, which runs its own preflight, review and Phase 1.
+    #[schemars(
+        length(max = 32),
+        regex(pattern = r"^v?[0-9]{1,9}\.[0-9]{1,9}(\.[0-9]{1,9})?$")
+    )]
     pub target_version: String,
 
-    /// Name of the cluster-scoped OSSupportMatrix to plan from.
+    /// Name of the cluster-scoped OSSupportMatrix to plan from. Fixed once Phase 1 has been
+    /// requested.
     #[serde(default = "default_matrix_ref")]
-    #[schemars(length(min = 1))]
+    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN))]
     pub matrix_ref: String,
 
     /// How node pools follow the control plane.
@@ -64,6 +78,16 @@ pub struct UpgradeRequestSpec {
     pub preflight: PreflightSpec,
 }
 
+/// What the plan is made from (target, matrix, worker strategy) cannot change once the
+/// request has asked the platform for the target (Phase 1): the platform would stay at the
+/// old target while the hops went on to the new one. Evaluated by the API server, which sees
+/// the stored status.
+const PLAN_INPUTS_FROZEN: &str = "!has(oldSelf.status) || !has(oldSelf.status.alignedExtensions) || (!has(oldSelf.status.alignedExtensions.requestedAt) && !has(oldSelf.status.alignedExtensions.finishedAt)) || (self.spec.targetVersion == oldSelf.spec.targetVersion && self.spec.matrixRef == oldSelf.spec.matrixRef && self.spec.workers.strategy == oldSelf.spec.workers.strategy)";
+const PLAN_INPUTS_FROZEN_MESSAGE: &str = "spec.targetVersion, spec.matrixRef and spec.workers.strategy are fixed once Phase 1 has been requested or found done (status.alignedExtensions.requestedAt or finishedAt); to go elsewhere, let this request finish (or delete it) and create a new UpgradeRequest";
+
+/// Acknowledgement list items: a name, or `*` for all.
+const ACK_ITEM: &str = r"^(\*|[A-Za-z0-9][-A-Za-z0-9_./]*)$";
+
 /// What the operator has reviewed and accepts. `"*"` in a list accepts everything of its kind.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
@@ -71,16 +95,19 @@ pub struct Acknowledgements {
     /// Step 1: names of the cluster's ResourcePatches (modifications of platform components)
     /// that may be overwritten by the upgrade; listed in `status.review.modifications`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256), inner(length(min = 1, max = 253), regex(pattern = ACK_ITEM)))]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub modifications: Vec<String>,
     /// Step 2: names of Aligned extensions whose Medium or High impact upgrade is accepted;
     /// listed in `status.review.impacts`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256), inner(length(min = 1, max = 253), regex(pattern = ACK_ITEM)))]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub impacts: Vec<String>,
     /// OS image names the operator confirmed are staged, for providers whose API cannot
     /// show it (the OSImagesStaged check lists the exact names).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256), inner(length(min = 1, max = 253), regex(pattern = ACK_ITEM)))]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub images: Vec<String>,
 }
@@ -89,11 +116,18 @@ pub struct Acknowledgements {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct PreflightSpec {
-    /// Checks not to run; each skip shows as `Skipped` in `status.preflight.checks`.
+    /// Advisory checks not to run (ControlPlaneHealthy, NodesReady, NoRolloutInProgress,
+    /// IPPoolCapacity, OSImagesStaged); each shows as `Skipped` in `status.preflight.checks`.
+    /// The checks that keep the platform consistent cannot be skipped.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    #[x_kube(validation = Rule::new(SKIP_ONLY_ADVISORY).message(SKIP_ONLY_ADVISORY_MESSAGE))]
     pub skip: Vec<CheckName>,
 }
+
+const SKIP_ONLY_ADVISORY: &str = "self.all(c, c in ['ControlPlaneHealthy', 'NodesReady', 'NoRolloutInProgress', 'IPPoolCapacity', 'OSImagesStaged'])";
+const SKIP_ONLY_ADVISORY_MESSAGE: &str = "only advisory checks can be skipped (ControlPlaneHealthy, NodesReady, NoRolloutInProgress, IPPoolCapacity, OSImagesStaged); TargetRowExists, UpgradePathSupported, NotADowngrade, KubernetesVersionsCompatible, GlobalTierAtTarget, WorkloadBelowGlobal, SingleActiveRequest and PlatformPreflight keep the platform consistent";
 
 /// The stable names of the preflight checks.
 #[derive(
@@ -138,6 +172,24 @@ pub enum CheckName {
     PlatformPreflight,
 }
 
+impl CheckName {
+    /// Whether `spec.preflight.skip` may disable this check. The others keep the platform
+    /// consistent (versions, ordering against the global tier, one request per cluster, the
+    /// platform's own checks) and always run; the CRD refuses them in `skip`, and the
+    /// controller ignores them there should an older CRD have let one through.
+    pub fn skippable(self) -> bool {
+        use CheckName::*;
+        matches!(
+            self,
+            ControlPlaneHealthy
+                | NodesReady
+                | NoRolloutInProgress
+                | IPPoolCapacity
+                | OSImagesStaged
+        )
+    }
+}
+
 fn default_matrix_ref() -> String {
     "default".into()
 }
@@ -180,18 +232,16 @@ pub enum WorkerStrategy {
     SkipLevel,
 }
 
-/// Per-step rollout timeouts, as Go-style durations (`45m`, `1h30m`).
+/// Per-step rollout timeouts, as Go-style durations between 1m and 720h (`45m`, `1h30m`).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct Timeouts {
     /// One control-plane rollout (all KubeadmControlPlane machines replaced and healthy).
     #[serde(default = "default_cp_timeout")]
-    #[schemars(regex(pattern = r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$"))]
-    pub control_plane: String,
+    pub control_plane: Timeout,
     /// One MachineDeployment rollout.
     #[serde(default = "default_pool_timeout")]
-    #[schemars(regex(pattern = r"^([0-9]+h)?([0-9]+m)?([0-9]+s)?$"))]
-    pub worker_pool: String,
+    pub worker_pool: Timeout,
 }
 
 impl Default for Timeouts {
@@ -203,11 +253,11 @@ impl Default for Timeouts {
     }
 }
 
-fn default_cp_timeout() -> String {
-    "45m".into()
+fn default_cp_timeout() -> Timeout {
+    Timeout::new("45m")
 }
-fn default_pool_timeout() -> String {
-    "60m".into()
+fn default_pool_timeout() -> Timeout {
+    Timeout::new("60m")
 }
 
 /// Observed state of an UpgradeRequest. Written only by the controller, after every step, so a

@@ -3,10 +3,13 @@
 //! infrastructure provider.
 //!
 //! There is no DCS controller here, so the DCS kinds come from open-schema test CRDs
-//! (`tests/e2e/manifests/dcs/`) and the Cluster is created with `spec.paused: true`: the real
-//! CAPI controllers then leave every object alone (they only add their finalizers and record a
-//! `Paused` condition under `status.v1beta2`), while CAPI's admission webhooks still default
-//! and validate everything written. [`StaticDcsCluster::create`] writes the objects and then the status subresources a
+//! (`tests/e2e/manifests/dcs/`) and every object is created with CAPI's per-object pause
+//! annotation `cluster.x-k8s.io/paused` (the Cluster, its KubeadmControlPlane,
+//! MachineDeployments, MachineSets and Machines): the real CAPI controllers then leave every
+//! object alone (they only add their finalizers and record a `Paused` condition under
+//! `status.v1beta2`), while CAPI's admission webhooks still default and validate everything
+//! written. `Cluster.spec.paused` stays false: that is what an operator sets to stop a whole
+//! cluster, and the controller waits for it to be cleared before writing anything. [`StaticDcsCluster::create`] writes the objects and then the status subresources a
 //! healthy, finished rollout has by CAPI's criteria (DOMAIN.md §5, `controller/src/gate.rs`).
 //! Helpers change the picture afterwards: [`set_node_ready`], [`add_pool_entry`],
 //! [`stage_images`] / [`unstage_images`]; [`delete_namespace`] tears a test namespace down
@@ -295,12 +298,12 @@ impl StaticDcsCluster {
             .with_context(|| format!("reading {}", kubeconfig_path.display()))?;
         let (host, port) = endpoint(&harness::env().server)?;
 
-        // The Cluster, paused from its first write so no CAPI controller ever acts on it.
+        // The Cluster, paused (by annotation, as every object here) from its first write so no
+        // CAPI controller ever acts on it.
         let cluster = create(client, ns, json!({
             "apiVersion": CLUSTER_V1BETA1, "kind": "Cluster",
             "metadata": {"name": self.name, "labels": {CLUSTER_NAME_LABEL: self.name}},
             "spec": {
-                "paused": true,
                 "clusterNetwork": {
                     "pods": {"cidrBlocks": ["100.13.0.0/16"]},
                     "services": {"cidrBlocks": ["100.14.0.0/16"]},
@@ -640,8 +643,12 @@ fn name_of(obj: &Value) -> &str {
     obj["metadata"]["name"].as_str().unwrap_or("?")
 }
 
-async fn create(client: &kube::Client, ns: &str, obj: Value) -> Result<Value> {
+/// CAPI's per-object pause annotation: its controllers skip an object that carries it.
+pub const PAUSED_ANNOTATION: &str = "cluster.x-k8s.io/paused";
+
+async fn create(client: &kube::Client, ns: &str, mut obj: Value) -> Result<Value> {
     let what = format!("{} {}", obj["kind"].as_str().unwrap_or("?"), name_of(&obj));
+    obj["metadata"]["annotations"][PAUSED_ANNOTATION] = json!("");
     let dynamic: DynamicObject = serde_json::from_value(obj.clone())?;
     let created = kind_api(client, ns, &obj)?
         .create(&PostParams::default(), &dynamic)
@@ -995,6 +1002,7 @@ pub async fn delete_namespace(client: &kube::Client, ns: &str) -> Result<()> {
         Err(e) => return Err(e).with_context(|| format!("deleting namespace {ns}")),
     }
     let kinds = [
+        ("upgrade.cpaas.io/v1alpha1", "UpgradeRequest"),
         (CLUSTER_V1BETA1, "Machine"),
         (CLUSTER_V1BETA1, "MachineSet"),
         (CLUSTER_V1BETA1, "MachineDeployment"),

@@ -58,8 +58,23 @@ pub async fn namespace(client: &kube::Client, prefix: &str) -> String {
 }
 
 /// Deletes a test namespace (without waiting); the namespace and garbage-collector controllers
-/// remove its contents, and CAPI's own finalizers tear down clusters in it.
+/// remove its contents, and CAPI's own finalizers tear down clusters in it. The controller's
+/// finalizer is removed from every UpgradeRequest first: the test's controller may be gone.
 pub async fn delete_namespace(client: &kube::Client, name: &str) {
+    let requests: Api<upgrade_controller::api::UpgradeRequest> =
+        Api::namespaced(client.clone(), name);
+    if let Ok(list) = requests.list(&Default::default()).await {
+        for ur in list {
+            let patch = serde_json::json!({"metadata": {"finalizers": null}});
+            let _ = requests
+                .patch(
+                    &ur.metadata.name.unwrap_or_default(),
+                    &kube::api::PatchParams::default(),
+                    &kube::api::Patch::Merge(&patch),
+                )
+                .await;
+        }
+    }
     Api::<Namespace>::all(client.clone())
         .delete(name, &Default::default())
         .await

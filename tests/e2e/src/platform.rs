@@ -1,6 +1,10 @@
 //! The platform around a test cluster: a namespace of its own holding the global cluster's and
 //! the test cluster's ClusterVersionShadows, served by a stand-in Cluster Version Operator
 //! that only looks at that namespace. Tests running in parallel never share a cvsh.
+//!
+//! The test's Clusters live in the test namespace, not in the platform namespace, so the
+//! controller runs with `--cvsh-mapping namespaced-name`: Cluster `<ns>/<name>` has the cvsh
+//! `<ns>.<name>` ([`Platform::cvsh_name`]).
 
 use kube::api::{Api, DynamicObject};
 use serde_json::Value;
@@ -13,12 +17,15 @@ pub const GLOBAL: &str = "global";
 /// A per-test platform namespace and its stand-in CVO (killed on drop).
 pub struct Platform {
     pub namespace: String,
+    /// The namespace of the test's Clusters.
+    pub owner_ns: String,
     pub cvo: StandInCvo,
 }
 
 impl Platform {
-    /// Creates `<owner_ns>-platform` with cvsh `global` installed at `global_version` and cvsh
-    /// `cluster` at `cluster_version`, and starts a stand-in CVO there (1 s per stage).
+    /// Creates `<owner_ns>-platform` with cvsh `global` installed at `global_version` and the
+    /// cvsh of Cluster `<owner_ns>/<cluster>` at `cluster_version`, and starts a stand-in CVO
+    /// there (1 s per stage).
     pub async fn start(
         client: &kube::Client,
         owner_ns: &str,
@@ -36,11 +43,16 @@ impl Platform {
         cvo::create_cvsh_in(client, &namespace, GLOBAL, global_version)
             .await
             .expect("creating the global cluster's cvsh");
-        cvo::create_cvsh_in(client, &namespace, cluster, cluster_version)
+        let shadow = format!("{owner_ns}.{cluster}");
+        cvo::create_cvsh_in(client, &namespace, &shadow, cluster_version)
             .await
             .expect("creating the cluster's cvsh");
         let cvo = StandInCvo::start(&namespace);
-        let platform = Self { namespace, cvo };
+        let platform = Self {
+            namespace,
+            owner_ns: owner_ns.to_string(),
+            cvo,
+        };
         // The stand-in fills in both statuses on its first passes.
         for name in [GLOBAL, cluster] {
             let start = std::time::Instant::now();
@@ -64,18 +76,40 @@ impl Platform {
 
     /// Controller flags pointing it at this platform namespace.
     pub fn controller_args(&self) -> Vec<String> {
-        vec!["--cvsh-namespace".into(), self.namespace.clone()]
+        vec![
+            "--cvsh-namespace".into(),
+            self.namespace.clone(),
+            "--cvsh-mapping".into(),
+            "namespaced-name".into(),
+        ]
+    }
+
+    /// The cvsh name of the test's Cluster `cluster` (`global` stays `global`).
+    pub fn cvsh_name(&self, cluster: &str) -> String {
+        if cluster == GLOBAL {
+            GLOBAL.to_string()
+        } else {
+            format!("{}.{cluster}", self.owner_ns)
+        }
+    }
+
+    /// Creates one more cvsh in the platform namespace, for Cluster `<owner_ns>/<cluster>`.
+    pub async fn add_cluster(&self, client: &kube::Client, cluster: &str, version: &str) {
+        cvo::create_cvsh_in(client, &self.namespace, &self.cvsh_name(cluster), version)
+            .await
+            .expect("creating a cvsh");
     }
 
     pub fn api(&self, client: &kube::Client) -> Api<DynamicObject> {
         cvo::cvsh_api(client, &self.namespace)
     }
 
-    /// A cvsh as JSON.
-    pub async fn cvsh(&self, client: &kube::Client, name: &str) -> Value {
+    /// The cvsh of the test's Cluster `cluster` (or `global`) as JSON.
+    pub async fn cvsh(&self, client: &kube::Client, cluster: &str) -> Value {
+        let name = self.cvsh_name(cluster);
         let obj = self
             .api(client)
-            .get(name)
+            .get(&name)
             .await
             .unwrap_or_else(|e| panic!("reading cvsh {}/{name}: {e}", self.namespace));
         serde_json::to_value(obj).expect("cvsh as JSON")

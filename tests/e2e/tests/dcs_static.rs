@@ -90,7 +90,12 @@ async fn static_dcs_cluster_is_rolled_out_by_capi_criteria_and_left_alone() {
 
     // Everything went through CAPI's admission webhooks, which defaulted what CAPI defaults.
     let cluster = get(&client, &ns, CLUSTER_V1BETA1, "Cluster", "dcs-a").await;
-    assert_eq!(cluster["spec"]["paused"], true);
+    assert_eq!(
+        cluster["metadata"]["annotations"][e2e::dcs::PAUSED_ANNOTATION],
+        "",
+        "paused for CAPI by annotation"
+    );
+    assert_ne!(cluster["spec"]["paused"], true, "not paused for operators");
     assert_eq!(
         cluster["spec"]["controlPlaneRef"]["namespace"], ns,
         "Cluster defaulting webhook"

@@ -476,7 +476,7 @@ async fn a_second_request_for_the_cluster_waits_for_the_first() {
 async fn a_platform_preflight_failure_blocks_until_the_platform_passes() {
     let mut site = Site::new("pf-platform", &ROW_4_2_5, "4.3.2", |_| {}).await;
     site.stage("4.3.2").await;
-    let key = format!("fail-preflight.{CLUSTER}");
+    let key = format!("fail-preflight.{}", site.platform.cvsh_name(CLUSTER));
     site.platform
         .control(
             &site.client,
@@ -756,7 +756,7 @@ async fn the_review_waits_for_acknowledgements_then_phase_one_precedes_any_kcp_w
 async fn a_stalled_cluster_version_operator_stalls_the_request_with_its_reason() {
     let mut site = Site::new("pf-stall", &ROW_4_2_5, "4.3.2", |_| {}).await;
     site.stage("4.3.2").await;
-    let key = format!("stall.{CLUSTER}");
+    let key = format!("stall.{}", site.platform.cvsh_name(CLUSTER));
     site.platform
         .control(
             &site.client,
@@ -876,6 +876,7 @@ async fn the_helm_chart_runs_the_controller_with_only_the_rights_it_grants() {
         &[
             format!("watchNamespace={}", site.ns),
             format!("cvsh.namespace={}", site.platform.namespace),
+            "cvsh.mapping=namespaced-name".to_string(),
         ],
     );
     let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();

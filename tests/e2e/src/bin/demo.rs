@@ -67,6 +67,7 @@ async fn main() -> Result<()> {
         upgrade_controller::platform::DEFAULT_CVSH_API_VERSION,
         &platform.namespace,
         GLOBAL,
+        upgrade_controller::platform::CvshMapping::NamespacedName,
     )
     .map_err(anyhow::Error::msg)?;
     let obs = upgrade_controller::observe::observe(&client, &ur, Default::default(), &cvsh).await?;

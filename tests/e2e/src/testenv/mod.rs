@@ -37,8 +37,9 @@ const MANAGERS: [(&str, &str); 4] = [
     ("capd-manager", "capd"),
 ];
 
-/// Where things live and which ports they use. Ports are `base + offset`; the default base
-/// keeps clear of CAPD's in-memory workload API servers, which take ports 20000–24000.
+/// Where things live and which ports they use. Ports are `base + offset`; the base keeps clear
+/// of the kernel's ephemeral port range and of CAPD's in-memory workload API servers, which
+/// take ports 20000–24000.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Repository root (to find `tests/e2e/testenv/build.sh`).
@@ -57,20 +58,39 @@ impl Config {
         let state_dir = std::env::var_os("UC_TESTENV_DIR")
             .map(PathBuf::from)
             .unwrap_or_else(|| std::env::temp_dir().join("upgrade-controller-testenv"));
+        let ephemeral = ephemeral_port_range();
         let port_base = match std::env::var("UC_TESTENV_PORT_BASE") {
-            Ok(v) => v
-                .parse()
-                .with_context(|| format!("UC_TESTENV_PORT_BASE={v} is not a port number"))?,
-            Err(_) => 36000,
+            Ok(v) => {
+                let base: u16 = v
+                    .parse()
+                    .with_context(|| format!("UC_TESTENV_PORT_BASE={v} is not a port number"))?;
+                if let Some(why) = port_block_conflict(base, ephemeral) {
+                    bail!("UC_TESTENV_PORT_BASE={base}: {why}");
+                }
+                base
+            }
+            Err(_) => default_port_base(ephemeral)?,
         };
-        if port_base > 65535 - 600 {
-            bail!("UC_TESTENV_PORT_BASE={port_base} leaves no room for the 600 ports above it");
-        }
         Ok(Self {
             repo_root,
             state_dir,
             port_base,
         })
+    }
+
+    /// Every port the control plane listens on.
+    fn ports(&self) -> Vec<u16> {
+        let mut ports = vec![
+            self.etcd_client_port(),
+            self.etcd_peer_port(),
+            self.apiserver_port(),
+            self.controller_manager_port(),
+        ];
+        for i in 0..MANAGERS.len() as u16 {
+            let (a, b, c) = self.manager_ports(i);
+            ports.extend([a, b, c]);
+        }
+        ports
     }
 
     fn port(&self, offset: u16) -> u16 {
@@ -103,6 +123,89 @@ impl Config {
     }
     fn lock_file(&self) -> PathBuf {
         self.state_dir.with_extension("lock")
+    }
+}
+
+/// The control plane's ports are `base + 0..PORT_SPAN`.
+const PORT_SPAN: u16 = 600;
+/// CAPD's in-memory workload API servers and etcd listen on these ports.
+const CAPD_IN_MEMORY_PORTS: (u16, u16) = (20000, 24000);
+
+/// The kernel's range for outgoing connections' local ports
+/// (`/proc/sys/net/ipv4/ip_local_port_range`; Linux's default when unreadable). A listener
+/// inside it can find its port taken by any client connection, so none of ours is there.
+fn ephemeral_port_range() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|p| p.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32768, 60999))
+}
+
+/// Why the ports `base..base + PORT_SPAN` cannot be used, if they cannot.
+fn port_block_conflict(base: u16, ephemeral: (u16, u16)) -> Option<String> {
+    let end = u32::from(base) + u32::from(PORT_SPAN);
+    let overlaps = |(lo, hi): (u16, u16)| u32::from(base) <= u32::from(hi) && end > u32::from(lo);
+    if base < 1024 || end > 65535 {
+        Some(format!("ports {base}–{end} must lie within 1024–65535"))
+    } else if overlaps(ephemeral) {
+        Some(format!(
+            "ports {base}–{end} overlap the kernel's ephemeral port range {}–{} \
+             (net.ipv4.ip_local_port_range), where client connections can hold them",
+            ephemeral.0, ephemeral.1
+        ))
+    } else if overlaps(CAPD_IN_MEMORY_PORTS) {
+        Some(format!(
+            "ports {base}–{end} overlap {}–{}, which CAPD's in-memory workload clusters use",
+            CAPD_IN_MEMORY_PORTS.0, CAPD_IN_MEMORY_PORTS.1
+        ))
+    } else {
+        None
+    }
+}
+
+/// The first of a few candidate bases that is clear of the ephemeral range and of CAPD.
+fn default_port_base(ephemeral: (u16, u16)) -> Result<u16> {
+    [30000, 26000, 15000, 10000, 61000]
+        .into_iter()
+        .find(|&b| port_block_conflict(b, ephemeral).is_none())
+        .ok_or_else(|| {
+            anyhow!(
+                "no default port base is clear of the ephemeral port range {}–{}; set UC_TESTENV_PORT_BASE",
+                ephemeral.0,
+                ephemeral.1
+            )
+        })
+}
+
+/// Waits (up to 30 s) until every port can be bound on 127.0.0.1. A port still held by a
+/// connection in TIME-WAIT frees itself within the kernel's 60 s; anything longer is a process
+/// that holds it, named in the error.
+fn wait_for_free_ports(ports: &[u16]) -> Result<()> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut reported = false;
+    loop {
+        let busy: Vec<u16> = ports
+            .iter()
+            .copied()
+            .filter(|&p| std::net::TcpListener::bind(loopback(p)).is_err())
+            .collect();
+        if busy.is_empty() {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "ports {busy:?} on 127.0.0.1 are still in use after 30 s; stop whatever holds them \
+                 (`ss -ltnp`) or set UC_TESTENV_PORT_BASE"
+            );
+        }
+        if !reported {
+            eprintln!("testenv: ports {busy:?} on 127.0.0.1 are in use; retrying for up to 30 s");
+            reported = true;
+        }
+        std::thread::sleep(Duration::from_millis(500));
     }
 }
 
@@ -162,10 +265,41 @@ pub fn up(cfg: &Config) -> Result<Running> {
         eprintln!("testenv: replacing a stale or unhealthy environment");
     }
     stop(cfg)?;
-    start(cfg, &build_dir).map_err(|e| {
-        let report = log_report(cfg);
-        anyhow!("{e:#}\n\n{report}")
-    })
+    // A listener that lost a race for its port (a client connection took it between our check
+    // and its bind) is retried from scratch; anything else fails at once with every log.
+    let mut attempt = 1;
+    loop {
+        match start(cfg, &build_dir) {
+            Ok(running) => return Ok(running),
+            Err(e) => {
+                let lost_bind = bind_failures(cfg);
+                let report = log_report(cfg);
+                if lost_bind.is_empty() || attempt == 3 {
+                    return Err(anyhow!("{e:#}\n\n{report}"));
+                }
+                eprintln!(
+                    "testenv: attempt {attempt} failed: {} could not bind its port (address already in use); starting again",
+                    lost_bind.join(", ")
+                );
+                stop(cfg)?;
+                attempt += 1;
+            }
+        }
+    }
+}
+
+/// The processes whose log says they failed to bind a listener.
+fn bind_failures(cfg: &Config) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(cfg.log_dir()) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| process::tail(p, 40).contains("address already in use"))
+        .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .collect();
+    out.sort();
+    out
 }
 
 /// Stops the environment (if any) and deletes its state, keeping the logs.
@@ -256,17 +390,7 @@ fn start(cfg: &Config, build_dir: &Path) -> Result<Running> {
     for entry in std::fs::read_dir(cfg.log_dir())? {
         std::fs::remove_file(entry?.path())?;
     }
-    for port in [
-        cfg.etcd_client_port(),
-        cfg.etcd_peer_port(),
-        cfg.apiserver_port(),
-    ] {
-        if TcpStream::connect_timeout(&loopback(port), Duration::from_millis(300)).is_ok() {
-            bail!(
-                "port {port} on 127.0.0.1 is already in use; stop whatever holds it or set UC_TESTENV_PORT_BASE"
-            );
-        }
-    }
+    wait_for_free_ports(&cfg.ports())?;
 
     let pki = pki::generate(&cfg.state_dir.join("pki"))?;
     let server = format!("https://127.0.0.1:{}", cfg.apiserver_port());
@@ -487,4 +611,45 @@ fn write_kubeconfig(path: &Path, server: &str, pki: &pki::Pki) -> Result<()> {
     });
     std::fs::write(path, serde_yaml_ng::to_string(&doc)?)
         .with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_port_base_stays_out_of_the_ephemeral_range_and_capd() {
+        let linux_default = (32768, 60999);
+        let base = default_port_base(linux_default).unwrap();
+        assert!(port_block_conflict(base, linux_default).is_none());
+        assert!(u32::from(base) + u32::from(PORT_SPAN) < 32768, "{base}");
+        // The old default sat inside the range.
+        assert!(
+            port_block_conflict(36000, linux_default)
+                .unwrap()
+                .contains("ephemeral")
+        );
+        assert!(
+            port_block_conflict(19800, linux_default)
+                .unwrap()
+                .contains("CAPD")
+        );
+        // A machine whose range starts low still gets a clear base, or a clear error.
+        let low = (10000, 65000);
+        assert!(default_port_base(low).is_err());
+        let narrow = (40000, 50000);
+        assert_eq!(default_port_base(narrow).unwrap(), 30000);
+    }
+
+    #[test]
+    fn every_listener_port_is_inside_the_checked_block() {
+        let cfg = Config {
+            repo_root: PathBuf::from("/"),
+            state_dir: PathBuf::from("/tmp/x"),
+            port_base: 30000,
+        };
+        for p in cfg.ports() {
+            assert!((30000..30000 + PORT_SPAN).contains(&p), "{p}");
+        }
+    }
 }

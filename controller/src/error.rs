@@ -1,0 +1,152 @@
+//! Failures of one reconcile: what the API server said (or that it could not be reached), and
+//! a panic caught before it could take the process down. Problems with specs or clusters are
+//! not errors but status (`decide::Stall`); these are what a retry may cure — and when retries
+//! do not, the request's status says so with the API server's own message.
+
+use std::time::Duration;
+
+/// One reconcile's failure.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{}", describe_kube(.0))]
+    Kube(#[from] kube::Error),
+    #[error("serialization: {0}")]
+    Json(#[from] serde_json::Error),
+    /// A bug: the reconcile of this one request panicked. Caught, so every other request goes
+    /// on; retried with backoff like any failure.
+    #[error("internal error (a bug in the controller, please report it): {0}")]
+    Panicked(String),
+}
+
+fn describe_kube(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => format!(
+            "the API server answered {} {}: {}",
+            s.code, s.reason, s.message
+        ),
+        other => format!("the API server could not be reached: {other}"),
+    }
+}
+
+fn refused_by_admission(message: &str) -> bool {
+    message.contains("admission webhook")
+        || message.contains("denied the request")
+        || message.contains("ValidatingAdmissionPolicy")
+}
+
+impl Error {
+    /// A static label for conditions, metrics and logs (never a Debug string).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Kube(kube::Error::Api(s)) => match s.code {
+                400 | 403 | 422 if refused_by_admission(&s.message) => "AdmissionRefused",
+                403 => "Forbidden",
+                401 => "Unauthorized",
+                404 => "NotFound",
+                409 => "Conflict",
+                422 => "Invalid",
+                400 => "BadRequest",
+                429 => "TooManyRequests",
+                500..=599 => "APIServerError",
+                _ => "APIError",
+            },
+            Error::Kube(_) => "APIUnavailable",
+            Error::Json(_) => "Serialization",
+            Error::Panicked(_) => "InternalError",
+        }
+    }
+
+    /// Whether the failure is likely to pass by itself (a busy or restarting API server).
+    /// The others need a person: a missing RBAC rule, an admission refusal, an invalid object.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self.reason(),
+            "APIUnavailable" | "APIServerError" | "Conflict" | "TooManyRequests"
+        )
+    }
+
+    /// What to tell the operator, with the fix where the reason implies one.
+    pub fn advice(&self) -> &'static str {
+        match self.reason() {
+            "Forbidden" | "Unauthorized" => {
+                "the controller's ServiceAccount lacks this right: add the rule to its ClusterRole (charts/upgrade-controller/templates/clusterrole.yaml)"
+            }
+            "AdmissionRefused" => {
+                "an admission webhook or policy refused the write: see its message"
+            }
+            "Invalid" | "BadRequest" => {
+                "the API server refused the object the controller built: check the template or matrix row it came from"
+            }
+            "InternalError" => {
+                "the controller hit a bug on this request; other requests are unaffected"
+            }
+            _ => "the controller keeps retrying",
+        }
+    }
+}
+
+/// Consecutive failures before a request's status reports them (earlier ones are usually a
+/// restarting API server).
+pub const FAILURES_BEFORE_REPORT: u32 = 3;
+
+/// Exponential backoff for the `n`th consecutive failure (n ≥ 1): 5 s, 10 s, 20 s, ... up to
+/// 5 minutes, each with ±20 % jitter so requests that failed together do not retry together.
+pub fn backoff(n: u32, jitter: f64) -> Duration {
+    let base = 5.0 * 2f64.powi(n.saturating_sub(1).min(16) as i32);
+    let capped = base.min(300.0);
+    Duration::from_secs_f64(capped * (0.8 + 0.4 * jitter.clamp(0.0, 1.0)))
+}
+
+/// A jitter fraction in [0, 1) from the standard library's randomly keyed hasher.
+pub fn jitter() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u8(0);
+    (h.finish() % 10_000) as f64 / 10_000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn api(code: u16, message: &str) -> Error {
+        Error::Kube(kube::Error::Api(
+            kube::core::Status::failure(message, "x")
+                .with_code(code)
+                .boxed(),
+        ))
+    }
+
+    #[test]
+    fn reasons_are_static_and_say_who_must_act() {
+        let forbidden = api(
+            403,
+            r#"kubeadmcontrolplanes.controlplane.cluster.x-k8s.io "c" is forbidden: User "system:serviceaccount:x:y" cannot patch resource "kubeadmcontrolplanes""#,
+        );
+        assert_eq!(forbidden.reason(), "Forbidden");
+        assert!(!forbidden.is_transient());
+        assert!(forbidden.to_string().contains("cannot patch resource"));
+        let webhook = api(
+            403,
+            "admission webhook \"validation.kcp\" denied the request: spec.version: Forbidden",
+        );
+        assert_eq!(webhook.reason(), "AdmissionRefused");
+        assert_eq!(api(422, "spec.template: Invalid value").reason(), "Invalid");
+        assert!(api(503, "unavailable").is_transient());
+        assert!(api(409, "conflict").is_transient());
+        assert_eq!(Error::Panicked("x".into()).reason(), "InternalError");
+    }
+
+    #[test]
+    fn backoff_grows_to_five_minutes_with_jitter() {
+        assert_eq!(backoff(1, 0.5), Duration::from_secs(5));
+        assert_eq!(backoff(2, 0.5), Duration::from_secs(10));
+        assert_eq!(backoff(4, 0.5), Duration::from_secs(40));
+        assert_eq!(backoff(40, 0.5), Duration::from_secs(300));
+        assert_eq!(backoff(u32::MAX, 0.5), Duration::from_secs(300));
+        assert!(backoff(1, 0.0) >= Duration::from_secs(4));
+        assert!(backoff(1, 1.0) <= Duration::from_secs(6));
+        let j = jitter();
+        assert!((0.0..1.0).contains(&j));
+    }
+}
