@@ -381,24 +381,3 @@ pub async fn record_left_at(client: &Client, cluster: &Value, note: &str) -> Res
     });
     apply(client, ns, &obj).await
 }
-
-/// The status a deleted request leaves behind, in one line.
-pub fn left_at(status: &UpgradeRequestStatus) -> String {
-    let total = status.plan.len();
-    let done = status
-        .plan
-        .iter()
-        .filter(|s| s.state == crate::api::StepState::Succeeded)
-        .count();
-    let cp = status
-        .plan
-        .iter()
-        .rev()
-        .find(|s| {
-            s.kind == PlanStepKind::ControlPlane && s.state == crate::api::StepState::Succeeded
-        })
-        .map(|s| s.kubernetes_version.clone())
-        .or_else(|| status.current.as_ref().map(|c| c.control_plane.clone()))
-        .unwrap_or_default();
-    format!("{done}/{total} steps done; control plane at {cp}")
-}

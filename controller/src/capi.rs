@@ -209,33 +209,34 @@ pub fn field_managers(obj: &Value, path: &[&str]) -> Vec<String> {
 }
 
 /// Why the KubeadmControlPlane `kcp` is not the control plane of `cluster`, if it is not: it
-/// must be in the Cluster's namespace and owned by it (CAPI's Cluster controller sets that
-/// ownerReference); a control plane CAPI has not adopted yet must at least carry the Cluster's
-/// name label.
+/// must be in the Cluster's namespace, and neither owned by another Cluster (CAPI's Cluster
+/// controller sets the ownerReference when it adopts it) nor labelled with another Cluster's
+/// name. A control plane CAPI has not adopted yet (a paused Cluster) is the Cluster's by its
+/// `controlPlaneRef` alone.
 pub fn not_owned_by(kcp: &Value, cluster: &Value) -> Option<String> {
     let ns = cluster["metadata"]["namespace"].as_str();
     if kcp["metadata"]["namespace"].as_str() != ns {
         return Some("is in another namespace than its Cluster".into());
     }
     let cluster_name = name(cluster);
+    if let Some(other) = kcp["metadata"]["labels"][CLUSTER_NAME_LABEL]
+        .as_str()
+        .filter(|l| *l != cluster_name)
+    {
+        return Some(format!("carries {CLUSTER_NAME_LABEL}={other}"));
+    }
     let owners: Vec<&Value> = kcp["metadata"]["ownerReferences"]
         .as_array()
         .into_iter()
         .flatten()
         .filter(|o| o["kind"] == "Cluster")
         .collect();
-    if owners.is_empty() {
-        return (kcp["metadata"]["labels"][CLUSTER_NAME_LABEL].as_str() != Some(cluster_name))
-            .then(|| {
-                format!("has no owning Cluster and no {CLUSTER_NAME_LABEL}={cluster_name} label")
-            });
-    }
     let uid = cluster["metadata"]["uid"].as_str();
     let ours = owners.iter().any(|o| {
         o["name"].as_str() == Some(cluster_name)
             && (uid.is_none() || o["uid"].as_str().is_none() || o["uid"].as_str() == uid)
     });
-    (!ours).then(|| {
+    (!owners.is_empty() && !ours).then(|| {
         let names: Vec<&str> = owners.iter().filter_map(|o| o["name"].as_str()).collect();
         format!("is owned by Cluster {}", names.join(", "))
     })
@@ -397,6 +398,75 @@ pub fn md_apply(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_control_plane_must_be_the_clusters_own() {
+        let cluster = json!({"metadata": {"name": "a", "namespace": "ns", "uid": "u-a"}});
+        let kcp = |meta: Value| {
+            let mut m = json!({"name": "a-cp", "namespace": "ns"});
+            m.as_object_mut()
+                .unwrap()
+                .extend(meta.as_object().unwrap().clone());
+            json!({"metadata": m})
+        };
+        let owner = |name: &str, uid: &str| json!({"ownerReferences": [{"kind": "Cluster", "name": name, "uid": uid}]});
+        assert_eq!(not_owned_by(&kcp(owner("a", "u-a")), &cluster), None);
+        // Not adopted yet (a paused Cluster): its controlPlaneRef decides.
+        assert_eq!(not_owned_by(&kcp(json!({})), &cluster), None);
+        assert!(
+            not_owned_by(&kcp(owner("b", "u-b")), &cluster)
+                .unwrap()
+                .contains("Cluster b")
+        );
+        assert!(
+            not_owned_by(&kcp(owner("a", "u-other")), &cluster).is_some(),
+            "same name, another Cluster"
+        );
+        let labelled = kcp(json!({"labels": {CLUSTER_NAME_LABEL: "b"}}));
+        assert!(not_owned_by(&labelled, &cluster).unwrap().contains("=b"));
+        let elsewhere = json!({"metadata": {"name": "a-cp", "namespace": "other"}});
+        assert!(not_owned_by(&elsewhere, &cluster).is_some());
+    }
+
+    #[test]
+    fn references_stay_in_the_namespace_and_name_expected_kinds() {
+        let infra = |kind: &str, ns: Option<&str>| {
+            let mut r = json!({"apiVersion": "infrastructure.cluster.x-k8s.io/v1beta1", "kind": kind, "name": "t"});
+            if let Some(ns) = ns {
+                r["namespace"] = json!(ns);
+            }
+            r
+        };
+        let t = RefKind::InfrastructureTemplate;
+        assert!(check_reference(&infra("DCSMachineTemplate", Some("ns")), t, "ns").is_ok());
+        assert!(check_reference(&infra("DCSMachineTemplate", None), t, "ns").is_ok());
+        assert!(check_reference(&Value::Null, t, "ns").is_ok());
+        assert!(
+            check_reference(&infra("DCSMachineTemplate", Some("kube-system")), t, "ns")
+                .unwrap_err()
+                .contains("kube-system")
+        );
+        assert!(check_reference(&infra("AWSMachineTemplate", None), t, "ns").is_err());
+        let secret = json!({"apiVersion": "v1", "kind": "Secret", "name": "s"});
+        assert!(check_reference(&secret, t, "ns").is_err());
+        assert!(check_reference(&secret, RefKind::BootstrapTemplate, "ns").is_err());
+        let v1beta2 = json!({"apiGroup": "bootstrap.cluster.x-k8s.io", "kind": "KubeadmConfigTemplate", "name": "b"});
+        assert!(check_reference(&v1beta2, RefKind::BootstrapTemplate, "ns").is_ok());
+    }
+
+    #[test]
+    fn field_managers_name_who_owns_a_field_but_this_controller() {
+        let obj = json!({"metadata": {"managedFields": [
+            {"manager": crate::FIELD_MANAGER, "operation": "Apply", "fieldsV1": {"f:spec": {"f:version": {}}}},
+            {"manager": "kubectl-edit", "operation": "Update", "fieldsV1": {"f:spec": {"f:version": {}, "f:replicas": {}}}},
+            {"manager": "capi", "operation": "Update", "fieldsV1": {"f:status": {}}},
+        ]}});
+        assert_eq!(
+            field_managers(&obj, &["spec", "version"]),
+            vec!["kubectl-edit"]
+        );
+        assert!(field_managers(&obj, &["spec", "paused"]).is_empty());
+    }
 
     #[test]
     fn bootstrap_clone_names_are_stable_and_not_the_image_path() {

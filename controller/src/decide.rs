@@ -320,9 +320,6 @@ pub fn decide(
             ),
         );
     };
-    if let Some(s) = &obs.cvsh_refused {
-        return Decision::Stall(s.clone());
-    }
     if let Some(s) = unsupported(spec, obs, cluster) {
         return Decision::Stall(s);
     }
@@ -385,6 +382,11 @@ pub fn decide(
         }
     }
 
+    // The platform's side comes after the spec's own problems: a Cluster that maps to no
+    // ClusterVersionShadow it may move goes no further.
+    if let Some(s) = &obs.cvsh_refused {
+        return Decision::Stall(s.clone());
+    }
     if capi::bool_at(cluster, &["spec", "paused"]) {
         return Decision::ClusterPaused {
             message: format!(
@@ -1186,5 +1188,154 @@ mod tests {
             panic!("expected a stall");
         };
         assert_eq!(s.reason, "ClusterChangedOutside");
+    }
+
+    fn stall_reason(d: Decision) -> String {
+        match d {
+            Decision::Stall(s) => {
+                assert!(!s.message.is_empty());
+                s.reason
+            }
+            other => panic!("expected a stall, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn what_the_controller_cannot_handle_is_said_before_anything_else() {
+        let now = Timestamp::UNIX_EPOCH;
+        let status = UpgradeRequestStatus::default();
+        let mut o = obs("v1.32.7", "v1.32.7", true);
+        o.cluster.as_mut().unwrap()["spec"]["topology"] =
+            json!({"class": "c", "version": "v1.32.7"});
+        assert_eq!(
+            stall_reason(decide(&spec(false), &status, &o, now)),
+            "ClusterClassManaged"
+        );
+        let mut o = obs("v1.32.7", "v1.32.7", true);
+        o.machine_pools = vec!["mp".into()];
+        assert_eq!(
+            stall_reason(decide(&spec(false), &status, &o, now)),
+            "MachinePoolsUnsupported"
+        );
+        let mut o = obs("v1.32.7", "v1.32.7", true);
+        o.kcp.as_mut().unwrap()["metadata"]["labels"]["cluster.x-k8s.io/cluster-name"] =
+            json!("other");
+        assert_eq!(
+            stall_reason(decide(&spec(false), &status, &o, now)),
+            "ControlPlaneNotOwned"
+        );
+        let mut o = obs("v1.32.7", "v1.32.7", true);
+        o.mds[0]["spec"]["template"]["spec"]["bootstrap"] =
+            json!({"configRef": {"apiVersion": "v1", "kind": "Secret", "name": "x"}});
+        assert_eq!(
+            stall_reason(decide(&spec(false), &status, &o, now)),
+            "ReferenceRefused"
+        );
+        // A timeout stored under an older, looser CRD is reported, not used.
+        let mut bad = spec(false);
+        bad.timeouts.control_plane = crate::api::Timeout::new("4611686018427387904s");
+        let o = obs("v1.32.7", "v1.32.7", true);
+        assert_eq!(stall_reason(decide(&bad, &status, &o, now)), "InvalidSpec");
+    }
+
+    #[test]
+    fn a_paused_cluster_gets_no_write_and_no_timeout() {
+        let mut o = obs("v1.32.7", "v1.32.7", true);
+        o.cluster.as_mut().unwrap()["spec"]["paused"] = json!(true);
+        let status = planned(&o, 1);
+        assert!(matches!(
+            decide(&spec(false), &status, &o, Timestamp::UNIX_EPOCH),
+            Decision::ClusterPaused { .. }
+        ));
+        // Mid-step, far past the timeout: still only waiting.
+        let mut running = status.clone();
+        running.plan[0].state = StepState::InProgress;
+        running.plan[0].started_at = Some(Time(Timestamp::UNIX_EPOCH));
+        let mut rolling = obs("v1.33.7", "v1.32.7", false);
+        rolling.cluster = o.cluster.clone();
+        let later = Timestamp::UNIX_EPOCH + SignedDuration::from_hours(10);
+        assert!(matches!(
+            decide(&spec(false), &running, &rolling, later),
+            Decision::ClusterPaused { .. }
+        ));
+    }
+
+    #[test]
+    fn a_field_changed_while_its_step_runs_stalls_naming_field_and_manager() {
+        let o = obs("v1.32.7", "v1.32.7", true);
+        let mut status = planned(&o, 1);
+        status.plan[0].state = StepState::InProgress;
+        status.plan[0].started_at = Some(Time(Timestamp::UNIX_EPOCH));
+        // The KCP went back to 1.32 (someone's revert) while step 1 rolls it to 1.33.
+        let mut reverted = obs("v1.32.7", "v1.32.7", true);
+        reverted.kcp.as_mut().unwrap()["metadata"]["managedFields"] = json!([
+            {"manager": "kustomize-controller", "operation": "Apply", "fieldsV1": {"f:spec": {"f:version": {}}}},
+        ]);
+        let Decision::Stall(s) = decide(&spec(false), &status, &reverted, Timestamp::UNIX_EPOCH)
+        else {
+            panic!("expected a stall");
+        };
+        assert_eq!(s.reason, "ClusterChangedOutside");
+        for part in [
+            "KubeadmControlPlane c-cp",
+            "spec.version",
+            "kustomize-controller",
+            "v1.33.7",
+        ] {
+            assert!(s.message.contains(part), "{part}: {}", s.message);
+        }
+        // The CoreDNS tag this step wrote, changed by hand.
+        let mut retagged = obs("v1.33.7", "v1.32.7", false);
+        retagged.kcp.as_mut().unwrap()["spec"]["kubeadmConfigSpec"]["clusterConfiguration"]["dns"]
+            ["imageTag"] = json!("1.11.1");
+        let Decision::Stall(s) = decide(&spec(false), &status, &retagged, Timestamp::UNIX_EPOCH)
+        else {
+            panic!("expected a stall");
+        };
+        assert!(s.message.contains("dns.imageTag"), "{}", s.message);
+    }
+
+    #[test]
+    fn a_step_started_in_the_future_is_no_time_spent() {
+        let o = obs("v1.32.7", "v1.32.7", true);
+        let mut status = planned(&o, 1);
+        status.plan[0].state = StepState::InProgress;
+        // Written by a controller whose clock ran a year ahead.
+        status.plan[0].started_at = Some(Time(
+            Timestamp::UNIX_EPOCH + SignedDuration::from_hours(24 * 365),
+        ));
+        let rolling = obs("v1.33.7", "v1.32.7", false);
+        assert!(matches!(
+            decide(&spec(false), &status, &rolling, Timestamp::UNIX_EPOCH),
+            Decision::Wait { index: 0, .. }
+        ));
+    }
+
+    #[test]
+    fn the_plan_follows_the_cluster_until_phase_one_then_keeps_its_steps() {
+        let o = obs("v1.32.7", "v1.32.7", true);
+        // Not frozen: a cluster that moved gets a new plan.
+        let mut status = before_phase_one(&o, None);
+        assert!(!plan_frozen(&status));
+        let moved = obs("v1.33.7", "v1.33.7", true);
+        let Decision::SetPlan { steps, .. } =
+            decide(&spec(false), &status, &moved, Timestamp::UNIX_EPOCH)
+        else {
+            panic!("expected a new plan");
+        };
+        assert!(steps.is_empty(), "already at the target: {steps:?}");
+        // Frozen: the same situation is a change behind the plan's back, never a new plan.
+        status.aligned_extensions = Some(ExtensionsStatus {
+            requested_at: Some(Time(Timestamp::UNIX_EPOCH)),
+            state: Some(StepState::Succeeded),
+            finished_at: Some(Time(Timestamp::UNIX_EPOCH)),
+            ..Default::default()
+        });
+        status.preflight = Some(preflight_status(Scope::Hop(0), None));
+        assert!(plan_frozen(&status));
+        assert!(!matches!(
+            decide(&spec(true), &status, &o, Timestamp::UNIX_EPOCH),
+            Decision::SetPlan { .. }
+        ));
     }
 }

@@ -85,6 +85,25 @@ impl Error {
     }
 }
 
+/// Runs `fut`, turning a panic inside it into [`Error::Panicked`]: one request's bug fails that
+/// request's reconcile only, never the controller's other requests or the process.
+pub async fn contain<T>(
+    fut: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    use futures::FutureExt;
+    std::panic::AssertUnwindSafe(fut)
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic without a message".into());
+            Err(Error::Panicked(what))
+        })
+}
+
 /// Consecutive failures before a request's status reports them (earlier ones are usually a
 /// restarting API server).
 pub const FAILURES_BEFORE_REPORT: u32 = 3;
@@ -135,6 +154,22 @@ mod tests {
         assert!(api(503, "unavailable").is_transient());
         assert!(api(409, "conflict").is_transient());
         assert_eq!(Error::Panicked("x".into()).reason(), "InternalError");
+    }
+
+    #[tokio::test]
+    async fn a_panic_in_one_reconcile_is_an_error_of_that_reconcile() {
+        let crashed = contain(async {
+            let v: Vec<u8> = Vec::new();
+            #[allow(clippy::useless_vec)]
+            let _ = v[3];
+            Ok::<_, Error>(())
+        })
+        .await;
+        let e = crashed.unwrap_err();
+        assert_eq!(e.reason(), "InternalError");
+        assert!(e.to_string().contains("index out of bounds"), "{e}");
+        // The runtime (and whatever else runs on it) is unaffected.
+        assert_eq!(contain(async { Ok::<_, Error>(7) }).await.unwrap(), 7);
     }
 
     #[test]

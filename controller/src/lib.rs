@@ -8,6 +8,11 @@
 /// of only the fields it owns) and to its own status.
 pub const FIELD_MANAGER: &str = "upgrade.cpaas.io/controller";
 
+/// The User-Agent of every request this controller sends (`upgrade-controller/<version>`).
+pub fn user_agent() -> http::HeaderValue {
+    http::HeaderValue::from_static(concat!("upgrade-controller/", env!("CARGO_PKG_VERSION")))
+}
+
 pub mod api;
 pub mod apply;
 pub mod capi;

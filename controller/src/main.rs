@@ -247,7 +247,12 @@ async fn main() -> anyhow::Result<()> {
             capi_api_version,
             platform,
         } => {
-            let client = kube::Client::try_default().await?;
+            let mut config = kube::Config::infer().await?;
+            // Every request says who sent it (API server audit logs, metrics by user agent).
+            config
+                .headers
+                .push((http::header::USER_AGENT, upgrade_controller::user_agent()));
+            let client = kube::Client::try_from(config)?;
             let cvsh = CvshConfig::new(
                 &platform.cvsh_api_version,
                 &platform.cvsh_namespace,

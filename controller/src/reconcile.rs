@@ -8,11 +8,10 @@
 //! caught, and failures back off per request and, when they persist, show in its status.
 
 use std::collections::HashMap;
-use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use futures::{FutureExt, StreamExt};
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
@@ -336,17 +335,7 @@ async fn publish_changes(
 #[instrument(skip_all, fields(request = %ur.name_any(), namespace = ur.namespace().unwrap_or_default()))]
 pub async fn reconcile(ur: Arc<UpgradeRequest>, ctx: Arc<Context>) -> Result<Action, Error> {
     let key = ObjectRef::from_obj(ur.as_ref());
-    let outcome = AssertUnwindSafe(reconcile_request(&ur, &ctx))
-        .catch_unwind()
-        .await
-        .unwrap_or_else(|panic| {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "a panic without a message".into());
-            Err(Error::Panicked(what))
-        });
+    let outcome = error::contain(reconcile_request(&ur, &ctx)).await;
     match outcome {
         Ok(action) => {
             ctx.failures().remove(&key);
@@ -474,11 +463,21 @@ async fn finalize(
             return Ok(Action::requeue(Duration::from_secs(30)));
         }
     }
+    // A step whose rollout has finished is recorded as such before the note is written.
+    let mut after = before.clone();
+    if let Some(step) = after
+        .plan
+        .iter_mut()
+        .find(|s| s.state == StepState::InProgress)
+    {
+        step.state = StepState::Succeeded;
+        step.finished_at = Some(Time(now));
+    }
     let note = format!(
         "UpgradeRequest {}/{} was deleted at {now} before it finished: {}; create a new UpgradeRequest to continue",
         ur.namespace().unwrap_or_default(),
         ur.name_any(),
-        apply::left_at(&before)
+        status::left_at(&after, obs)
     );
     let finished = before.phase == Some(crate::api::Phase::Succeeded);
     if let Some(cluster) = cluster_live

@@ -71,6 +71,16 @@ pub fn push_history(status: &mut UpgradeRequestStatus, now: Timestamp, message: 
     status.history.truncate(HISTORY_LIMIT);
 }
 
+/// (finished, all) steps of the plan.
+fn progress(status: &UpgradeRequestStatus) -> (usize, usize) {
+    let done = status
+        .plan
+        .iter()
+        .filter(|s| s.state == StepState::Succeeded)
+        .count();
+    (done, status.plan.len())
+}
+
 /// Recomputes phase, progress and the Ready / Reconciling / Stalled / Paused conditions from
 /// the plan and the current stall (if any).
 pub fn summarize(
@@ -81,12 +91,7 @@ pub fn summarize(
     generation: i64,
     now: Timestamp,
 ) {
-    let total = status.plan.len();
-    let done = status
-        .plan
-        .iter()
-        .filter(|s| s.state == StepState::Succeeded)
-        .count();
+    let (done, total) = progress(status);
     let planned = status.target.is_some();
     status.progress = planned.then(|| format!("{done}/{total}"));
     status.observed_generation = Some(generation);
@@ -297,4 +302,34 @@ pub fn summarize(
         generation,
         now,
     );
+}
+
+/// Where a request leaves the cluster, in one line: steps done and the versions the control
+/// plane and the pools declare.
+pub fn left_at(status: &UpgradeRequestStatus, obs: &crate::decide::Observed) -> String {
+    let (done, total) = progress(status);
+    let cp = obs
+        .kcp
+        .as_ref()
+        .and_then(crate::capi::kcp_version)
+        .unwrap_or("unknown");
+    let pools: Vec<String> = obs
+        .mds
+        .iter()
+        .map(|md| {
+            format!(
+                "{} at {}",
+                crate::capi::name(md),
+                crate::capi::md_version(md).unwrap_or("unknown")
+            )
+        })
+        .collect();
+    format!(
+        "{done}/{total} steps done; control plane at {cp}{}",
+        if pools.is_empty() {
+            String::new()
+        } else {
+            format!(", {}", pools.join(", "))
+        }
+    )
 }

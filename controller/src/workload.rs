@@ -307,6 +307,9 @@ impl InlineKubeconfig {
         config.connect_timeout = Some(Duration::from_secs(5));
         config.read_timeout = Some(Duration::from_secs(10));
         config.proxy_url = None;
+        config
+            .headers
+            .push((http::header::USER_AGENT, crate::user_agent()));
         kube::Client::try_from(config).map_err(|e| KubeconfigError::Client(e.to_string()))
     }
 }

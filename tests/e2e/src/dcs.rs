@@ -1003,6 +1003,7 @@ pub async fn delete_namespace(client: &kube::Client, ns: &str) -> Result<()> {
     }
     let kinds = [
         ("upgrade.cpaas.io/v1alpha1", "UpgradeRequest"),
+        (CLUSTER_V1BETA1, "MachinePool"),
         (CLUSTER_V1BETA1, "Machine"),
         (CLUSTER_V1BETA1, "MachineSet"),
         (CLUSTER_V1BETA1, "MachineDeployment"),

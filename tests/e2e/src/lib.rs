@@ -5,10 +5,13 @@
 //! per test run and hands tests a client; [`capi`] builds CAPI objects and checks rollouts by
 //! CAPI's own criteria.
 
+pub mod audit;
 pub mod capi;
+pub mod chart;
 pub mod cvo;
 pub mod dcs;
 pub mod harness;
 pub mod platform;
 pub mod project;
+pub mod site;
 pub mod testenv;

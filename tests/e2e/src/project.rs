@@ -4,6 +4,12 @@
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+use std::time::{Duration, Instant};
+
+use kube::api::{Api, PostParams};
+use serde_json::{Value, json};
+use upgrade_controller::api::UpgradeRequest;
+
 use crate::harness;
 use crate::testenv::{self, install_crds, read_yaml_docs};
 
@@ -131,6 +137,11 @@ impl Controller {
         Self { child, log }
     }
 
+    /// Whether the process is still running (it has not crashed or exited).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// SIGKILL: no graceful shutdown, as when a node dies.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -141,5 +152,42 @@ impl Controller {
 impl Drop for Controller {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Creates UpgradeRequest `name` in `ns` with `spec`.
+pub async fn create_request(client: &kube::Client, ns: &str, name: &str, spec: Value) {
+    let ur: UpgradeRequest = serde_json::from_value(json!({
+        "apiVersion": "upgrade.cpaas.io/v1alpha1", "kind": "UpgradeRequest",
+        "metadata": {"name": name}, "spec": spec,
+    }))
+    .unwrap();
+    Api::<UpgradeRequest>::namespaced(client.clone(), ns)
+        .create(&PostParams::default(), &ur)
+        .await
+        .expect("creating the UpgradeRequest");
+}
+
+/// Polls request `name` until `done` holds, failing after `timeout` with its status.
+pub async fn wait_request(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    timeout: Duration,
+    done: impl Fn(&UpgradeRequest) -> bool,
+) -> UpgradeRequest {
+    let api = Api::<UpgradeRequest>::namespaced(client.clone(), ns);
+    let start = Instant::now();
+    loop {
+        let ur = api.get(name).await.unwrap();
+        if done(&ur) {
+            return ur;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "UpgradeRequest {name} not there after {timeout:?}; status: {}",
+            serde_json::to_string_pretty(&ur.status).unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }

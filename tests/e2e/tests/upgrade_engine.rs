@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use e2e::capi;
 use e2e::harness;
 use e2e::platform::Platform;
-use e2e::project::{self, Controller};
+use e2e::project::{self, Controller, create_request, wait_request};
 use futures::TryStreamExt;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams, VersionMatch};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -184,41 +184,6 @@ async fn demo_cluster(client: &kube::Client, prefix: &str) -> String {
         .unwrap();
     }
     ns
-}
-
-async fn create_request(client: &kube::Client, ns: &str, name: &str, spec: Value) {
-    let ur: UpgradeRequest = serde_json::from_value(json!({
-        "apiVersion": "upgrade.cpaas.io/v1alpha1", "kind": "UpgradeRequest",
-        "metadata": {"name": name}, "spec": spec,
-    }))
-    .unwrap();
-    Api::<UpgradeRequest>::namespaced(client.clone(), ns)
-        .create(&PostParams::default(), &ur)
-        .await
-        .expect("creating the UpgradeRequest");
-}
-
-async fn wait_request(
-    client: &kube::Client,
-    ns: &str,
-    name: &str,
-    timeout: Duration,
-    done: impl Fn(&UpgradeRequest) -> bool,
-) -> UpgradeRequest {
-    let api = Api::<UpgradeRequest>::namespaced(client.clone(), ns);
-    let start = Instant::now();
-    loop {
-        let ur = api.get(name).await.unwrap();
-        if done(&ur) {
-            return ur;
-        }
-        assert!(
-            start.elapsed() < timeout,
-            "UpgradeRequest {name} not there after {timeout:?}; status: {}",
-            serde_json::to_string_pretty(&ur.status).unwrap()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
 }
 
 fn minor(v: &str) -> u64 {

@@ -118,6 +118,10 @@ impl Config {
     pub fn log_dir(&self) -> PathBuf {
         self.state_dir.join("logs")
     }
+    /// kube-apiserver's audit log (JSON lines, [`AUDIT_POLICY`]).
+    pub fn audit_log(&self) -> PathBuf {
+        self.log_dir().join("audit.log")
+    }
     fn state_file(&self) -> PathBuf {
         self.state_dir.join("env.json")
     }
@@ -125,6 +129,20 @@ impl Config {
         self.state_dir.with_extension("lock")
     }
 }
+
+/// What kube-apiserver records in its audit log: every request on this project's own API and
+/// on ClusterVersionShadows (who read or wrote what, when; no bodies), so tests can prove from
+/// the server's side what the controller did and did not do.
+pub const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+- level: Metadata
+  resources:
+  - group: upgrade.cpaas.io
+  - group: cvo.cpaas.io
+- level: None
+";
 
 /// The control plane's ports are `base + 0..PORT_SPAN`.
 const PORT_SPAN: u16 = 600;
@@ -218,6 +236,9 @@ pub struct Running {
     pub server: String,
     /// Process name → pid (each the leader of its own process group).
     pub pids: BTreeMap<String, u32>,
+    /// kube-apiserver's audit log; an environment recorded without one is replaced.
+    #[serde(default)]
+    pub audit_log: Option<PathBuf>,
 }
 
 impl Running {
@@ -259,7 +280,7 @@ pub fn up(cfg: &Config) -> Result<Running> {
     let lock = File::create(cfg.lock_file()).context("creating the testenv lock file")?;
     lock.lock().context("locking the testenv")?;
     if let Some(running) = current(cfg)? {
-        if running.build_dir == build_dir && healthy(cfg, &running) {
+        if running.build_dir == build_dir && running.audit_log.is_some() && healthy(cfg, &running) {
             return Ok(running);
         }
         eprintln!("testenv: replacing a stale or unhealthy environment");
@@ -401,6 +422,7 @@ fn start(cfg: &Config, build_dir: &Path) -> Result<Running> {
         kubeconfig: cfg.kubeconfig_path(),
         server: server.clone(),
         pids: BTreeMap::new(),
+        audit_log: Some(cfg.audit_log()),
     };
     let log_dir = cfg.log_dir();
     let launch = |spec: Spec, running: &mut Running| -> Result<u32> {
@@ -439,6 +461,8 @@ fn start(cfg: &Config, build_dir: &Path) -> Result<Running> {
     })?;
 
     let p = |path: &Path| path.display().to_string();
+    let audit_policy = cfg.state_dir.join("pki/audit-policy.yaml");
+    std::fs::write(&audit_policy, AUDIT_POLICY)?;
     let pid = launch(
         Spec {
             name: "kube-apiserver",
@@ -463,6 +487,11 @@ fn start(cfg: &Config, build_dir: &Path) -> Result<Running> {
                 // The `kubernetes` Service cannot have a loopback endpoint; nothing here needs it.
                 "--endpoint-reconciler-type=none".into(),
                 format!("--cert-dir={}", cfg.state_dir.join("pki").display()),
+                format!("--audit-policy-file={}", p(&audit_policy)),
+                format!("--audit-log-path={}", p(&cfg.audit_log())),
+                "--audit-log-format=json".into(),
+                "--audit-log-maxsize=200".into(),
+                "--audit-log-maxbackup=1".into(),
                 "--v=1".into(),
             ],
             env: vec![],

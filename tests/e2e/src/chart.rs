@@ -1,0 +1,174 @@
+//! The Helm chart on the test control plane: rendered by the helm the control plane's build
+//! script pins, and the ServiceAccount it creates turned into a kubeconfig, so tests run the
+//! controller with exactly the rights the chart grants.
+
+use kube::api::{Api, DeleteParams, DynamicObject, PostParams};
+use serde_json::{Value, json};
+
+use crate::harness;
+use crate::project::{self, Controller};
+use crate::site::Site;
+
+/// The chart rendered for one site (its namespace, its platform), as the API objects it
+/// creates.
+pub struct Release {
+    pub name: String,
+    /// The kinds rendered, in the order helm printed them.
+    pub kinds: Vec<String>,
+    /// ClusterRole and ClusterRoleBinding.
+    pub cluster_scoped: Vec<Value>,
+    /// ServiceAccount and Deployment.
+    pub namespaced: Vec<Value>,
+}
+
+impl Release {
+    /// `helm template` for `site`: watching its namespace, pointed at its platform.
+    pub fn for_site(site: &Site) -> Self {
+        let docs = render(
+            &site.ns,
+            &site.ns,
+            &[
+                format!("watchNamespace={}", site.ns),
+                format!("cvsh.namespace={}", site.platform.namespace),
+                "cvsh.mapping=namespaced-name".to_string(),
+            ],
+        );
+        let kinds = docs
+            .iter()
+            .filter_map(|d| d["kind"].as_str().map(str::to_string))
+            .collect();
+        let (cluster_scoped, namespaced) = docs
+            .into_iter()
+            .partition(|d| d["kind"].as_str().unwrap_or("").starts_with("Cluster"));
+        Self {
+            name: site.ns.clone(),
+            kinds,
+            cluster_scoped,
+            namespaced,
+        }
+    }
+
+    fn deployment(&self) -> &Value {
+        self.namespaced
+            .iter()
+            .find(|d| d["kind"] == "Deployment")
+            .expect("the chart renders a Deployment")
+    }
+
+    /// The Deployment's container args.
+    pub fn args(&self) -> Vec<String> {
+        self.deployment()["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_array()
+            .expect("container args")
+            .iter()
+            .map(|a| a.as_str().unwrap_or_default().to_string())
+            .collect()
+    }
+
+    /// Applies `cluster_scoped` (the rendered ones, or a variant of them) and the namespaced
+    /// objects, then runs the controller as the Deployment would: its args, its
+    /// ServiceAccount's token.
+    pub async fn run(&self, site: &Site, cluster_scoped: &[Value]) -> Controller {
+        crate::testenv::apply_cluster_scoped(&site.client, cluster_scoped)
+            .await
+            .expect("applying the chart's cluster-scoped objects");
+        if crate::capi::create_all(&site.client, &site.ns, &self.namespaced)
+            .await
+            .is_err()
+        {
+            // Already created by an earlier run of this release.
+        }
+        let sa = self.deployment()["spec"]["template"]["spec"]["serviceAccountName"]
+            .as_str()
+            .expect("serviceAccountName");
+        let kubeconfig = service_account_kubeconfig(&site.client, &site.ns, sa).await;
+        Controller::start_as(&format!("{}-chart", site.ns), &kubeconfig, &self.args())
+    }
+
+    /// Deletes the cluster-scoped objects (the namespaced ones go with the namespace).
+    pub async fn delete(&self, client: &kube::Client) {
+        for (kind, plural) in [
+            ("ClusterRole", "clusterroles"),
+            ("ClusterRoleBinding", "clusterrolebindings"),
+        ] {
+            let api: Api<DynamicObject> = Api::all_with(
+                client.clone(),
+                &kube::core::ApiResource::from_gvk_with_plural(
+                    &kube::core::GroupVersionKind::gvk("rbac.authorization.k8s.io", "v1", kind),
+                    plural,
+                ),
+            );
+            let _ = api.delete(&self.name, &DeleteParams::default()).await;
+        }
+    }
+}
+
+/// Renders the Helm chart with `helm template` for release `release` in `ns`.
+pub fn render(release: &str, ns: &str, set: &[String]) -> Vec<Value> {
+    use serde::Deserialize;
+    let helm = harness::env().helm();
+    assert!(
+        helm.exists(),
+        "{} is missing: the running test control plane predates helm in tests/e2e/testenv/build.sh; run `make testenv-down` and retry",
+        helm.display()
+    );
+    let mut cmd = std::process::Command::new(&helm);
+    cmd.args([
+        "template",
+        release,
+        "charts/upgrade-controller",
+        "--namespace",
+        ns,
+    ])
+    .current_dir(project::repo_root());
+    for s in set {
+        cmd.args(["--set", s]);
+    }
+    let out = cmd.output().expect("running helm template");
+    assert!(
+        out.status.success(),
+        "helm template failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|d| Value::deserialize(d).unwrap())
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+/// A kubeconfig for the test control plane that authenticates as ServiceAccount `ns/name`.
+pub async fn service_account_kubeconfig(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+) -> std::path::PathBuf {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let tr = Api::<ServiceAccount>::namespaced(client.clone(), ns)
+        .create_token_request(
+            name,
+            &PostParams::default(),
+            &TokenRequest {
+                spec: TokenRequestSpec {
+                    audiences: vec![],
+                    expiration_seconds: Some(3600),
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("a token for the chart's ServiceAccount");
+    let token = tr.status.expect("token status").token;
+    let admin = std::fs::read_to_string(&harness::env().kubeconfig).unwrap();
+    let mut kc: Value = serde_yaml_ng::from_str(&admin).unwrap();
+    for user in kc["users"].as_array_mut().unwrap() {
+        user["user"] = json!({"token": token});
+    }
+    let path = harness::env()
+        .kubeconfig
+        .with_file_name(format!("kubeconfig-{ns}-{name}"));
+    std::fs::write(&path, serde_yaml_ng::to_string(&kc).unwrap()).unwrap();
+    path
+}
