@@ -112,9 +112,13 @@ impl Controller {
 
     /// The controller binary with exactly `args`, authenticated by `kubeconfig` (e.g. a
     /// ServiceAccount token, to prove its RBAC); logs to `logs/controller-<label>.log`.
+    /// `UC_CONTROLLER_BIN` runs another build of the controller instead of this workspace's
+    /// (to measure or test an earlier release with the same harness).
     pub fn start_as(label: &str, kubeconfig: &Path, args: &[String]) -> Self {
         let env = harness::env();
-        let bin = binary("upgrade-controller", "upgrade-controller");
+        let bin = std::env::var_os("UC_CONTROLLER_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| binary("upgrade-controller", "upgrade-controller"));
         let log = env
             .kubeconfig
             .parent()

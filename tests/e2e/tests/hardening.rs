@@ -645,3 +645,67 @@ async fn random_specs_are_refused_at_admission_or_explained_in_status_and_never_
     site.assert_untouched().await;
     site.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_api_server_refuses_skipped_safety_checks_and_unbounded_values() {
+    let client = harness::client().await;
+    e2e::project::install(&client).await;
+    let ns = harness::namespace(&client, "hd-admission").await;
+    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &ns,
+        &kube::core::ApiResource::erase::<UpgradeRequest>(&()),
+    );
+    let base = json!({"clusterName": "prod", "targetVersion": "4.3"});
+    let cases = [
+        (
+            json!({"preflight": {"skip": ["NotADowngrade"]}}),
+            "only advisory checks can be skipped",
+        ),
+        (
+            json!({"preflight": {"skip": ["NodesReady", "SingleActiveRequest"]}}),
+            "only advisory checks can be skipped",
+        ),
+        (
+            json!({"timeouts": {"controlPlane": "4611686018427387904s"}}),
+            "spec.timeouts.controlPlane",
+        ),
+        (
+            json!({"timeouts": {"workerPool": "30s"}}),
+            "between 1m and 720h",
+        ),
+        (
+            json!({"timeouts": {"workerPool": ""}}),
+            "spec.timeouts.workerPool",
+        ),
+        (json!({"clusterName": "prod/../../x"}), "spec.clusterName"),
+        (json!({"matrixRef": "a b?c#d"}), "spec.matrixRef"),
+        (json!({"targetVersion": "4.3.2-rc.1"}), "spec.targetVersion"),
+    ];
+    for (i, (extra, expected)) in cases.iter().enumerate() {
+        let mut spec = base.clone();
+        e2e::site::merge(&mut spec, extra.clone());
+        let body = json!({"apiVersion": "upgrade.cpaas.io/v1alpha1", "kind": "UpgradeRequest",
+                          "metadata": {"name": format!("c-{i}")}, "spec": spec});
+        let err = api
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(body).unwrap(),
+            )
+            .await
+            .expect_err("the API server must refuse it");
+        assert!(err.to_string().contains(expected), "{extra}: {err}");
+    }
+    // The advisory ones may be skipped.
+    let mut spec = base.clone();
+    e2e::site::merge(
+        &mut spec,
+        json!({"preflight": {"skip": ["NodesReady", "OSImagesStaged"]}}),
+    );
+    let ok = json!({"apiVersion": "upgrade.cpaas.io/v1alpha1", "kind": "UpgradeRequest",
+                    "metadata": {"name": "advisory"}, "spec": spec});
+    api.create(&PostParams::default(), &serde_json::from_value(ok).unwrap())
+        .await
+        .unwrap();
+    harness::delete_namespace(&client, &ns).await;
+}
