@@ -8,7 +8,7 @@ export UC_CACHE_DIR
 export CARGO_TARGET_DIR ?= $(UC_CACHE_DIR)/cargo-target
 TESTENV := cargo run --quiet --locked -p e2e --bin testenv --
 
-.PHONY: demo test lint testenv-build testenv-up testenv-down
+.PHONY: demo test lint bench testenv-build testenv-up testenv-down
 
 ## demo: the main job end to end: a local control plane, an in-memory cluster at ACP 4.0
 ## (Kubernetes 1.31), and upgrade-controller taking it to 4.3 one minor at a time.
@@ -28,6 +28,14 @@ test: lint testenv-build
 lint:
 	cargo fmt --all --check
 	cargo clippy --workspace --all-targets --locked -- -D warnings
+
+## bench: the scale benchmark (README "Scale"): 1,000 UpgradeRequests over 50 namespaces on the
+## test control plane, with a release build of the controller (or UC_CONTROLLER_BIN).
+## BENCH_ARGS passes flags (`--requests 200 --namespaces 10`).
+bench: testenv-build
+	cargo build --quiet --release --locked -p upgrade-controller
+	UC_CONTROLLER_BIN=$${UC_CONTROLLER_BIN:-$(CARGO_TARGET_DIR)/release/upgrade-controller} \
+		cargo run --quiet --locked -p e2e --bin bench -- $(BENCH_ARGS)
 
 ## testenv-build: build (or find cached) etcd, kube-apiserver, kubectl and the CAPI managers.
 testenv-build:

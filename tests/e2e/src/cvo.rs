@@ -506,6 +506,11 @@ impl StandInCvo {
     /// Builds (when stale) and starts the stand-in CVO for `namespace`, logging to
     /// `<testenv>/logs/stand-in-cvo-<namespace>.log`.
     pub fn start(namespace: &str) -> Self {
+        Self::start_with(namespace, &[])
+    }
+
+    /// [`StandInCvo::start`] with extra flags (`--poll-ms`, `--stage-seconds`).
+    pub fn start_with(namespace: &str, extra: &[&str]) -> Self {
         let env = harness::env();
         let bin = project::binary("e2e", "stand-in-cvo");
         let log = env
@@ -520,6 +525,7 @@ impl StandInCvo {
             .expect("stand-in CVO log file");
         let child = Command::new(bin)
             .args(["--namespace", namespace])
+            .args(extra)
             .env("KUBECONFIG", &env.kubeconfig)
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("log handle"))

@@ -878,6 +878,58 @@ pub async fn set_node_ready(
     Ok(())
 }
 
+impl StaticDcsCluster {
+    /// Plays CAPI finishing a rollout: every Machine of the control plane takes the
+    /// KubeadmControlPlane's `spec.version`, every worker Machine its MachineDeployment's,
+    /// their nodes report that kubelet, and the replica counters and `observedGeneration` of
+    /// the KubeadmControlPlane, MachineSets and MachineDeployments catch up. (CAPI replaces
+    /// machines; here the same ones change, which CAPI's rollout gates cannot tell apart.)
+    pub async fn roll_out(&self, client: &kube::Client) -> Result<()> {
+        let ns = self.namespace.as_str();
+        let now = now();
+        let machines = capi::machine_api(client, ns);
+        let kcp = get(client, ns, &json!({"apiVersion": CONTROLPLANE_V1BETA1, "kind": "KubeadmControlPlane",
+            "metadata": {"name": self.kcp_name()}})).await?;
+        let mut owners: Vec<(Value, String, String)> = vec![(
+            kcp.clone(),
+            format!("{CONTROL_PLANE_NAME_LABEL}={}", self.kcp_name()),
+            kcp["spec"]["version"].as_str().unwrap_or_default().to_string(),
+        )];
+        for (pool, _) in &self.pools {
+            let md = get(client, ns, &json!({"apiVersion": CLUSTER_V1BETA1, "kind": "MachineDeployment",
+                "metadata": {"name": self.md_name(pool)}})).await?;
+            let version = md["spec"]["template"]["spec"]["version"].as_str().unwrap_or_default().to_string();
+            owners.push((md, format!("{DEPLOYMENT_NAME_LABEL}={}", self.md_name(pool)), version));
+        }
+        for (_, selector, version) in &owners {
+            for m in machines.list(&ListParams::default().labels(selector)).await?.items {
+                let name = m.metadata.name.clone().unwrap_or_default();
+                machines
+                    .patch(&name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"version": version}})))
+                    .await
+                    .with_context(|| format!("moving Machine {name} to {version}"))?;
+                machines
+                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({"status": {
+                        "nodeInfo": {"kubeletVersion": version, "kubeProxyVersion": version},
+                        "lastUpdated": now,
+                    }})))
+                    .await
+                    .with_context(|| format!("writing the status of Machine {name}"))?;
+            }
+        }
+        for (pool, replicas) in &self.pools {
+            let ms = json!({"apiVersion": CLUSTER_V1BETA1, "kind": "MachineSet",
+                "metadata": {"name": self.machine_set_name(pool)}});
+            refresh_counters(client, ns, &ms, *replicas, &now).await?;
+        }
+        for (obj, _, _) in owners.iter().skip(1) {
+            let replicas = obj["spec"]["replicas"].as_u64().unwrap_or(1) as u32;
+            refresh_counters(client, ns, obj, replicas, &now).await?;
+        }
+        refresh_counters(client, ns, &kcp, self.cp_replicas, &now).await
+    }
+}
+
 /// Appends one entry (the next free address of its block) to DCSIpHostnamePool `pool` and
 /// returns its IP.
 pub async fn add_pool_entry(client: &kube::Client, ns: &str, pool: &str) -> Result<String> {

@@ -48,7 +48,7 @@ pub fn sample_matrix() -> serde_json::Value {
 /// Builds binary `name` of workspace package `package` (a no-op when it is current) and returns
 /// its path. Tests run it as a real process: the controller, and test doubles of external
 /// systems such as the stand-in CVO.
-pub(crate) fn binary(package: &str, name: &str) -> PathBuf {
+pub fn binary(package: &str, name: &str) -> PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut build = Command::new(cargo);
     build
@@ -139,6 +139,10 @@ impl Controller {
             .spawn()
             .expect("starting the controller");
         Self { child, log }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Whether the process is still running (it has not crashed or exited).

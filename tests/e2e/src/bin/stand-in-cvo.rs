@@ -1,12 +1,13 @@
 //! `stand-in-cvo`: a TEST DOUBLE of the platform's Cluster Version Operator, for the end-to-end
-//! tests and the demo only; never shipped, never installed on a platform cluster. Every 300 ms it
+//! tests and the demo only; never shipped, never installed on a platform cluster. Every 300 ms
+//! (`--poll-ms`) it
 //! reads the test controls (ConfigMap `stand-in-cvo`) and every ClusterVersionShadow in its
 //! namespace, and writes the status the CVO would (behaviour and status shape:
 //! `e2e::cvo`, DOMAIN.md §2) through the status subresource, only when it changed.
 //!
 //! ```sh
 //! KUBECONFIG=... stand-in-cvo [--namespace cpaas-system] [--stage-seconds 1] \
-//!     [--api-version cvo.cpaas.io/v1alpha1]
+//!     [--api-version cvo.cpaas.io/v1alpha1] [--poll-ms 300]
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -19,12 +20,13 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use serde_json::{Value, json};
 
-const POLL: Duration = Duration::from_millis(300);
-
 struct Args {
     namespace: String,
     stage_seconds: u64,
     api_version: String,
+    /// Time between passes (default 300 ms; the scale benchmark, serving a thousand cvsh,
+    /// uses more so the stand-in does not load the API server it measures).
+    poll: Duration,
 }
 
 fn parse_args() -> Result<Args> {
@@ -32,6 +34,7 @@ fn parse_args() -> Result<Args> {
         namespace: cvo::NAMESPACE.into(),
         stage_seconds: 1,
         api_version: cvo::API_VERSION.into(),
+        poll: Duration::from_millis(300),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -54,9 +57,16 @@ fn parse_args() -> Result<Args> {
                     .with_context(|| format!("--stage-seconds {v:?} is not a number"))?;
             }
             "--api-version" => args.api_version = value()?,
+            "--poll-ms" => {
+                let v = value()?;
+                args.poll = Duration::from_millis(
+                    v.parse()
+                        .with_context(|| format!("--poll-ms {v:?} is not a number"))?,
+                );
+            }
             "-h" | "--help" => {
                 println!(
-                    "usage: stand-in-cvo [--namespace {}] [--stage-seconds 1] [--api-version {}]\n\
+                    "usage: stand-in-cvo [--namespace {}] [--stage-seconds 1] [--api-version {}] [--poll-ms 300]\n\
                      A test double of the platform's Cluster Version Operator; uses $KUBECONFIG.",
                     cvo::NAMESPACE,
                     cvo::API_VERSION
@@ -215,7 +225,7 @@ async fn main() -> Result<()> {
         }
         last_error = error;
         tokio::select! {
-            _ = tokio::time::sleep(POLL) => {}
+            _ = tokio::time::sleep(stand_in.args.poll) => {}
             _ = tokio::signal::ctrl_c() => {
                 log("interrupted, exiting");
                 return Ok(());

@@ -138,11 +138,17 @@ kind: Policy
 omitStages: [RequestReceived]
 rules:
 - level: Metadata
+  users: [\"system:serviceaccount:uc-bench:upgrade-controller\"]
+- level: Metadata
   resources:
   - group: upgrade.cpaas.io
   - group: cvo.cpaas.io
 - level: None
 ";
+
+/// The identity the scale benchmark runs the controller as: every request it sends is audited,
+/// whatever the resource ([`AUDIT_POLICY`]).
+pub const BENCH_SERVICE_ACCOUNT: (&str, &str) = ("uc-bench", "upgrade-controller");
 
 /// The control plane's ports are `base + 0..PORT_SPAN`.
 const PORT_SPAN: u16 = 600;
@@ -239,6 +245,9 @@ pub struct Running {
     /// kube-apiserver's audit log; an environment recorded without one is replaced.
     #[serde(default)]
     pub audit_log: Option<PathBuf>,
+    /// The audit policy it was started with; one started with another is replaced.
+    #[serde(default)]
+    pub audit_policy: String,
 }
 
 impl Running {
@@ -423,6 +432,7 @@ fn start(cfg: &Config, build_dir: &Path) -> Result<Running> {
         server: server.clone(),
         pids: BTreeMap::new(),
         audit_log: Some(cfg.audit_log()),
+        audit_policy: AUDIT_POLICY.to_string(),
     };
     let log_dir = cfg.log_dir();
     let launch = |spec: Spec, running: &mut Running| -> Result<u32> {
