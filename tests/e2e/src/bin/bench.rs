@@ -53,7 +53,8 @@ fn parse_args() -> Result<Args> {
     while let Some(flag) = it.next() {
         let mut num = |what: &str| -> Result<u64> {
             let v = it.next().with_context(|| format!("{what} needs a value"))?;
-            v.parse().with_context(|| format!("{what} {v:?} is not a number"))
+            v.parse()
+                .with_context(|| format!("{what} {v:?} is not a number"))
         };
         match flag.as_str() {
             "--requests" => args.requests = num("--requests")? as usize,
@@ -191,11 +192,16 @@ async fn reconcile_quantiles(metrics_url: Option<&str>) -> Option<(f64, f64, f64
     let mut buckets: Vec<(f64, f64)> = Vec::new();
     let mut count = 0.0;
     for line in body.lines() {
-        if let Some(rest) = line.strip_prefix("upgrade_controller_reconcile_duration_seconds_bucket{")
+        if let Some(rest) =
+            line.strip_prefix("upgrade_controller_reconcile_duration_seconds_bucket{")
         {
             let le = rest.split("le=\"").nth(1)?.split('"').next()?;
             let v: f64 = line.rsplit(' ').next()?.parse().ok()?;
-            let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
             buckets.push((le, v));
         }
         if line.starts_with("upgrade_controller_reconcile_duration_seconds_count") {
@@ -234,8 +240,16 @@ type Writes = Arc<Mutex<Vec<(Instant, String, String)>>>;
 fn watch_writes(client: &kube::Client, ns: &str) -> Writes {
     let writes: Writes = Arc::default();
     for (kind, api, path) in [
-        ("KubeadmControlPlane", capi::kcp_api(client, ns), "/spec/version"),
-        ("MachineDeployment", capi::md_api(client, ns), "/spec/template/spec/version"),
+        (
+            "KubeadmControlPlane",
+            capi::kcp_api(client, ns),
+            "/spec/version",
+        ),
+        (
+            "MachineDeployment",
+            capi::md_api(client, ns),
+            "/spec/template/spec/version",
+        ),
     ] {
         let writes = writes.clone();
         tokio::spawn(async move {
@@ -245,8 +259,15 @@ fn watch_writes(client: &kube::Client, ns: &str) -> Writes {
             while let Ok(Some(o)) = stream.try_next().await {
                 let v = serde_json::to_value(&o).unwrap_or_default();
                 let name = format!("{kind}/{}", o.metadata.name.clone().unwrap_or_default());
-                let version = v.pointer(path).and_then(Value::as_str).unwrap_or("").to_string();
-                if last.insert(name.clone(), version.clone()).is_some_and(|old| old != version) {
+                let version = v
+                    .pointer(path)
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
+                if last
+                    .insert(name.clone(), version.clone())
+                    .is_some_and(|old| old != version)
+                {
                     writes.lock().unwrap().push((Instant::now(), name, version));
                 }
             }
@@ -343,15 +364,19 @@ async fn main() -> Result<()> {
     ensure_namespace(&client, sa_ns).await?;
     let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), sa_ns);
     if sas.get_opt(sa_name).await?.is_none() {
-        sas.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": sa_name}}))?)
-            .await?;
+        sas.create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": sa_name}}))?,
+        )
+        .await?;
     }
     let rbac: Vec<Value> = chart::render("uc-bench", sa_ns, &[])
         .into_iter()
         .filter(|d| d["kind"] == "ClusterRole" || d["kind"] == "ClusterRoleBinding")
         .map(|mut d| {
             if d["kind"] == "ClusterRoleBinding" {
-                d["subjects"] = json!([{"kind": "ServiceAccount", "name": sa_name, "namespace": sa_ns}]);
+                d["subjects"] =
+                    json!([{"kind": "ServiceAccount", "name": sa_name, "namespace": sa_ns}]);
             }
             d
         })
@@ -388,7 +413,10 @@ async fn main() -> Result<()> {
         .await;
 
     // The clusters and their requests.
-    eprintln!("bench: creating {} static clusters over {} namespaces", args.requests, args.namespaces);
+    eprintln!(
+        "bench: creating {} static clusters over {} namespaces",
+        args.requests, args.namespaces
+    );
     for n in 0..args.namespaces {
         ensure_namespace(&client, &namespace(&args, n)).await?;
     }
@@ -409,10 +437,14 @@ async fn main() -> Result<()> {
                 cluster.create(&client).await?;
                 let _ = cvo::create_cvsh_in(&client, PLATFORM_NS, &shadow, kind.row().0).await;
                 if kind == Kind::Blocked {
-                    dcs::set_node_ready(&client, &ns, &cluster.cp_machine_names()[0], false).await?;
+                    dcs::set_node_ready(&client, &ns, &cluster.cp_machine_names()[0], false)
+                        .await?;
                 }
                 Api::<UpgradeRequest>::namespaced(client.clone(), &ns)
-                    .create(&PostParams::default(), &request(&name, &name, kind != Kind::Waiting)?)
+                    .create(
+                        &PostParams::default(),
+                        &request(&name, &name, kind != Kind::Waiting)?,
+                    )
                     .await?;
                 Ok(())
             }
@@ -427,10 +459,15 @@ async fn main() -> Result<()> {
     for k in 0..args.upgrades {
         let ns = namespace(&args, k);
         let name = format!("up-{k}");
-        let cluster = static_cluster(&name, &ns, ("4.0.11", "v1.31.14-2", "1.12.4-v4.0.20", "v3.5.25-251215"));
+        let cluster = static_cluster(
+            &name,
+            &ns,
+            ("4.0.11", "v1.31.14-2", "1.12.4-v4.0.20", "v3.5.25-251215"),
+        );
         if !cluster_exists(&client, &ns, &name).await? {
             cluster.create(&client).await?;
-            let _ = cvo::create_cvsh_in(&client, PLATFORM_NS, &format!("{ns}.{name}"), "4.0.11").await;
+            let _ =
+                cvo::create_cvsh_in(&client, PLATFORM_NS, &format!("{ns}.{name}"), "4.0.11").await;
         }
         upgraders.push(cluster);
     }
@@ -462,7 +499,10 @@ async fn main() -> Result<()> {
         let mut settled = 0;
         for ur in &list.items {
             let name = ur.metadata.name.clone().unwrap_or_default();
-            let Some(i) = name.strip_prefix("c-").and_then(|n| n.parse::<usize>().ok()) else {
+            let Some(i) = name
+                .strip_prefix("c-")
+                .and_then(|n| n.parse::<usize>().ok())
+            else {
                 continue;
             };
             let phase = ur.status.as_ref().and_then(|s| s.phase);
@@ -472,7 +512,10 @@ async fn main() -> Result<()> {
             }
         }
         if settled == fixed {
-            eprintln!("bench: all {fixed} requests settled {:?} after start: {by_phase:?}", started.elapsed());
+            eprintln!(
+                "bench: all {fixed} requests settled {:?} after start: {by_phase:?}",
+                started.elapsed()
+            );
             break;
         }
         if started.elapsed() > Duration::from_secs(1800) {
@@ -497,11 +540,15 @@ async fn main() -> Result<()> {
     // One Machine update in a namespace of waiting requests.
     let probe = (0..fixed).find(|i| Kind::of(*i) == Kind::Waiting).unwrap();
     let (probe_ns, probe_cluster) = (namespace(&args, probe), format!("c-{probe:04}"));
-    let machine = static_cluster(&probe_cluster, &probe_ns, Kind::Waiting.row()).cp_machine_names()[0].clone();
+    let machine = static_cluster(&probe_cluster, &probe_ns, Kind::Waiting.row()).cp_machine_names()
+        [0]
+    .clone();
     let in_ns_gets = |from: &str, to: &str| {
         controller_requests(from, to)
             .into_iter()
-            .filter(|e| e.resource == "upgraderequests" && e.namespace == probe_ns && e.verb == "get")
+            .filter(|e| {
+                e.resource == "upgraderequests" && e.namespace == probe_ns && e.verb == "get"
+            })
             .count()
     };
     let quiet_from = audit_now();
@@ -511,7 +558,11 @@ async fn main() -> Result<()> {
     let reconciles_before = reconcile_count(metrics_url.as_deref()).await;
     let touch_from = audit_now();
     capi::machine_api(&client, &probe_ns)
-        .patch(&machine, &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"uc-bench/touched": "1"}}})))
+        .patch(
+            &machine,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"uc-bench/touched": "1"}}})),
+        )
         .await?;
     tokio::time::sleep(Duration::from_secs(10)).await;
     let touch_to = audit_now();
@@ -532,15 +583,36 @@ async fn main() -> Result<()> {
 
     let window = args.steady_seconds as f64;
     println!("\n| figure | value |\n|---|---|");
-    println!("| controller build | {} |", std::env::var("UC_CONTROLLER_BIN").unwrap_or_else(|_| "this workspace".into()));
-    println!("| UpgradeRequests / namespaces / Machines | {} / {} / {} |", fixed + args.upgrades, args.namespaces, (fixed + args.upgrades) * 5);
-    println!("| all requests settled after start | {:.0} s |", settled_after.as_secs_f64());
-    println!("| controller RSS (peak) | {:.1} MiB ({:.1} MiB) |", rss as f64 / 1024.0, hwm as f64 / 1024.0);
-    println!("| API requests/s after sync ({window:.0} s window, watches excluded) | {:.2} |", non_watch as f64 / window);
+    println!(
+        "| controller build | {} |",
+        std::env::var("UC_CONTROLLER_BIN").unwrap_or_else(|_| "this workspace".into())
+    );
+    println!(
+        "| UpgradeRequests / namespaces / Machines | {} / {} / {} |",
+        fixed + args.upgrades,
+        args.namespaces,
+        (fixed + args.upgrades) * 5
+    );
+    println!(
+        "| all requests settled after start | {:.0} s |",
+        settled_after.as_secs_f64()
+    );
+    println!(
+        "| controller RSS (peak) | {:.1} MiB ({:.1} MiB) |",
+        rss as f64 / 1024.0,
+        hwm as f64 / 1024.0
+    );
+    println!(
+        "| API requests/s after sync ({window:.0} s window, watches excluded) | {:.2} |",
+        non_watch as f64 / window
+    );
     println!("| ... by verb | {by_verb:?} |");
     println!("| LISTs in the window | {lists} |");
     match (reconciles_before, reconciles_after) {
-        (Some(b), Some(a)) => println!("| reconciles caused by one Machine update (controller's count, 10 s) | {:.0} |", a - b),
+        (Some(b), Some(a)) => println!(
+            "| reconciles caused by one Machine update (controller's count, 10 s) | {:.0} |",
+            a - b
+        ),
         _ => println!(
             "| reconciles caused by one Machine update (request GETs in its namespace, 10 s, minus a quiet 10 s) | {} ({} − {baseline}) |",
             after_touch.saturating_sub(baseline),
@@ -548,8 +620,12 @@ async fn main() -> Result<()> {
         ),
     }
     match quantiles {
-        Some((p50, p99, n)) => println!("| reconcile duration p50 / p99 (controller's histogram, {n:.0} reconciles) | ≤ {p50} s / ≤ {p99} s |"),
-        None => println!("| reconcile duration p50 / p99 | not measured: this build serves no reconcile histogram |"),
+        Some((p50, p99, n)) => println!(
+            "| reconcile duration p50 / p99 (controller's histogram, {n:.0} reconciles) | ≤ {p50} s / ≤ {p99} s |"
+        ),
+        None => println!(
+            "| reconcile duration p50 / p99 | not measured: this build serves no reconcile histogram |"
+        ),
     }
     println!(
         "| gate-true → next write, {} transitions, p50 / p99 | {:.3} s / {:.3} s |",
