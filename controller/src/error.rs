@@ -1,8 +1,10 @@
-//! Failures of one reconcile: what the API server said (or that it could not be reached), and
-//! a panic caught before it could take the process down. Problems with specs or clusters are
-//! not errors but status (`decide::Stall`); these are what a retry may cure — and when retries
-//! do not, the request's status says so with the API server's own message.
+//! Why a reconcile cannot go on. [`Error`]: what the API server said (or that it could not be
+//! reached), a panic caught before it could take the process down, or a [`Stall`]: a problem
+//! only a person can fix, which is status (`Stalled=True` with [`StallReason`] and the fix),
+//! never a retry loop. The others are retried with backoff, and when retries do not cure them
+//! the request's status says so with the API server's own message.
 
+use std::fmt;
 use std::time::Duration;
 
 /// One reconcile's failure.
@@ -16,6 +18,22 @@ pub enum Error {
     /// on; retried with backoff like any failure.
     #[error("internal error (a bug in the controller, please report it): {0}")]
     Panicked(String),
+    /// Needs a person: reported as status, not retried blindly.
+    #[error("{}: {}", .0.reason, .0.message)]
+    Stall(Stall),
+    /// A watch the decision needs has not completed its first list (the API server refuses or
+    /// is unreachable): nothing is decided from an incomplete cache.
+    #[error("{message}")]
+    Watch {
+        reason: &'static str,
+        message: String,
+    },
+}
+
+impl From<Stall> for Error {
+    fn from(s: Stall) -> Self {
+        Error::Stall(s)
+    }
 }
 
 fn describe_kube(e: &kube::Error) -> String {
@@ -34,25 +52,54 @@ fn refused_by_admission(message: &str) -> bool {
         || message.contains("ValidatingAdmissionPolicy")
 }
 
+fn api_reason(code: u16, message: &str) -> &'static str {
+    match code {
+        400 | 403 | 422 if refused_by_admission(message) => "AdmissionRefused",
+        403 => "Forbidden",
+        401 => "Unauthorized",
+        404 => "NotFound",
+        409 => "Conflict",
+        410 => "Expired",
+        422 => "Invalid",
+        400 => "BadRequest",
+        429 => "TooManyRequests",
+        500..=599 => "APIServerError",
+        _ => "APIError",
+    }
+}
+
+/// The reason and message of a failed watch (see [`Error::reason`]).
+pub fn watch_failure(e: &kube::runtime::watcher::Error) -> (&'static str, String) {
+    use kube::runtime::watcher::Error as W;
+    match e {
+        W::InitialListFailed(k) | W::WatchStartFailed(k) | W::WatchFailed(k) => {
+            let reason = match k {
+                kube::Error::Api(s) => api_reason(s.code, &s.message),
+                _ => "APIUnavailable",
+            };
+            (reason, describe_kube(k))
+        }
+        W::WatchError(s) => (
+            api_reason(s.code, &s.message),
+            format!(
+                "the API server answered {} {}: {}",
+                s.code, s.reason, s.message
+            ),
+        ),
+        other => ("APIError", other.to_string()),
+    }
+}
+
 impl Error {
     /// A static label for conditions, metrics and logs (never a Debug string).
     pub fn reason(&self) -> &'static str {
         match self {
-            Error::Kube(kube::Error::Api(s)) => match s.code {
-                400 | 403 | 422 if refused_by_admission(&s.message) => "AdmissionRefused",
-                403 => "Forbidden",
-                401 => "Unauthorized",
-                404 => "NotFound",
-                409 => "Conflict",
-                422 => "Invalid",
-                400 => "BadRequest",
-                429 => "TooManyRequests",
-                500..=599 => "APIServerError",
-                _ => "APIError",
-            },
+            Error::Kube(kube::Error::Api(s)) => api_reason(s.code, &s.message),
             Error::Kube(_) => "APIUnavailable",
             Error::Json(_) => "Serialization",
             Error::Panicked(_) => "InternalError",
+            Error::Stall(_) => "Stalled",
+            Error::Watch { reason, .. } => reason,
         }
     }
 
@@ -102,6 +149,125 @@ pub async fn contain<T>(
                 .unwrap_or_else(|| "a panic without a message".into());
             Err(Error::Panicked(what))
         })
+}
+
+/// The reason of a stall. Every variant but [`StallReason::Platform`] and
+/// [`StallReason::Api`] is this controller's own; their names are the condition reasons users
+/// see and alert on, so they never change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StallReason {
+    // The spec, the matrix or the cluster (DESIGN.md "Flow" 1–2).
+    ClusterNotFound,
+    ControlPlaneNotFound,
+    MatrixNotFound,
+    InvalidSpec,
+    UnsupportedProvider,
+    ClusterClassManaged,
+    MachinePoolsUnsupported,
+    ControlPlaneNotOwned,
+    ReferenceRefused,
+    ClusterVersionShadowUnmapped,
+    ReservedCluster,
+    // Planning (the planner's errors).
+    InvalidTarget,
+    InvalidMatrix,
+    UnknownTarget,
+    InvalidClusterVersion,
+    Downgrade,
+    UnsupportedPath,
+    MissingMatrixRow,
+    VersionSkew,
+    // Phase 1.
+    ClusterVersionShadowNotFound,
+    ExtensionsTargetChanged,
+    ExtensionsStalled,
+    // Hops.
+    ClusterChangedOutside,
+    RolloutTimeout,
+    PoolNotFound,
+    TemplateNotFound,
+    TemplateInvalid,
+    TemplateConflict,
+    /// The platform's own reason, verbatim (the Cluster Version Operator's `Stalled`).
+    Platform(String),
+    /// An API failure that persisted through retries ([`crate::error::Error::reason`]).
+    Api(&'static str),
+}
+
+impl StallReason {
+    pub fn as_str(&self) -> &str {
+        use StallReason::*;
+        match self {
+            ClusterNotFound => "ClusterNotFound",
+            ControlPlaneNotFound => "ControlPlaneNotFound",
+            MatrixNotFound => "MatrixNotFound",
+            InvalidSpec => "InvalidSpec",
+            UnsupportedProvider => "UnsupportedProvider",
+            ClusterClassManaged => "ClusterClassManaged",
+            MachinePoolsUnsupported => "MachinePoolsUnsupported",
+            ControlPlaneNotOwned => "ControlPlaneNotOwned",
+            ReferenceRefused => "ReferenceRefused",
+            ClusterVersionShadowUnmapped => "ClusterVersionShadowUnmapped",
+            ReservedCluster => "ReservedCluster",
+            InvalidTarget => "InvalidTarget",
+            InvalidMatrix => "InvalidMatrix",
+            UnknownTarget => "UnknownTarget",
+            InvalidClusterVersion => "InvalidClusterVersion",
+            Downgrade => "Downgrade",
+            UnsupportedPath => "UnsupportedPath",
+            MissingMatrixRow => "MissingMatrixRow",
+            VersionSkew => "VersionSkew",
+            ClusterVersionShadowNotFound => "ClusterVersionShadowNotFound",
+            ExtensionsTargetChanged => "ExtensionsTargetChanged",
+            ExtensionsStalled => "ExtensionsStalled",
+            ClusterChangedOutside => "ClusterChangedOutside",
+            RolloutTimeout => "RolloutTimeout",
+            PoolNotFound => "PoolNotFound",
+            TemplateNotFound => "TemplateNotFound",
+            TemplateInvalid => "TemplateInvalid",
+            TemplateConflict => "TemplateConflict",
+            Platform(r) => r,
+            Api(r) => r,
+        }
+    }
+}
+
+impl fmt::Display for StallReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for StallReason {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+/// Why a request cannot go on, and the fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stall {
+    pub reason: StallReason,
+    pub message: String,
+}
+
+impl Stall {
+    pub fn new(reason: StallReason, message: impl Into<String>) -> Self {
+        Self {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+impl StallReason {
+    /// The reason of a Cluster that maps to no ClusterVersionShadow it may move.
+    pub fn from_unmapped(u: &crate::platform::Unmapped) -> Self {
+        match u.reason {
+            "ReservedCluster" => StallReason::ReservedCluster,
+            _ => StallReason::ClusterVersionShadowUnmapped,
+        }
+    }
 }
 
 /// Consecutive failures before a request's status reports them (earlier ones are usually a

@@ -1,8 +1,11 @@
 //! upgrade-controller: a Cluster API extension that upgrades Kubernetes clusters on immutable
 //! infrastructure one minor at a time (see README.md).
 //!
-//! Layout follows a functional core and an imperative shell: [`version`] and [`plan`] are pure;
-//! the reconciler observes, plans, applies and writes status.
+//! The folders follow one reconcile: [`observe`] (watch caches; reads only) → [`decide`] (the
+//! phase machine, the planner and the rollout gates; pure) with [`preflight`] (pure checks) →
+//! [`apply`] (the writes) → [`status`] (pure) → one status write, driven by [`driver`].
+//! [`capi`] holds the typed Cluster API partials, [`platform`] the platform's objects,
+//! [`error`] the one error type and the stall reasons.
 
 /// Field manager of every write this controller makes: to others' objects (server-side apply
 /// of only the fields it owns) and to its own status.
@@ -18,15 +21,11 @@ pub mod apply;
 pub mod capi;
 pub mod crd;
 pub mod decide;
+pub mod driver;
 pub mod error;
-pub mod gate;
 pub mod observe;
-pub mod plan;
 pub mod platform;
 pub mod preflight;
 pub mod preview;
-pub mod reconcile;
-pub mod review;
 pub mod status;
 pub mod version;
-pub mod workload;

@@ -5,10 +5,11 @@ use std::path::PathBuf;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use upgrade_controller::api::{OSSupportMatrix, UpgradeRequestSpec, WorkerStrategy};
-use upgrade_controller::decide::Observed;
-use upgrade_controller::observe::{self, Standby};
+use upgrade_controller::driver::{self, RunOptions};
+use upgrade_controller::observe::inputs::Standby;
+use upgrade_controller::observe::{self, Observed};
 use upgrade_controller::platform::{CvshConfig, CvshMapping};
-use upgrade_controller::{preview, reconcile};
+use upgrade_controller::preview;
 
 #[derive(Parser)]
 #[command(
@@ -40,6 +41,9 @@ enum Command {
         /// v1beta2 (CAPI ≥ v1.11).
         #[arg(long, value_enum, default_value = "v1beta1")]
         capi_api_version: CapiApiVersion,
+        /// Requests reconciled at the same time (1–64).
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
+        concurrency: u16,
         #[command(flatten)]
         platform: PlatformArgs,
     },
@@ -173,12 +177,15 @@ async fn plan(args: PlanArgs) -> anyhow::Result<()> {
                 kcp: docs
                     .iter()
                     .find(|d| d["kind"] == "KubeadmControlPlane")
-                    .cloned(),
+                    .map(|d| serde_json::from_value(d.clone()))
+                    .transpose()
+                    .context("reading the KubeadmControlPlane")?,
                 mds: docs
                     .iter()
                     .filter(|d| d["kind"] == "MachineDeployment")
-                    .cloned()
-                    .collect(),
+                    .map(|d| serde_json::from_value(d.clone()))
+                    .collect::<Result<_, _>>()
+                    .context("reading the MachineDeployments")?,
                 matrix: matrix_from_file.clone(),
                 ..Observed::default()
             }
@@ -199,7 +206,7 @@ async fn plan(args: PlanArgs) -> anyhow::Result<()> {
                 CvshMapping::Name,
             )
             .map_err(anyhow::Error::msg)?;
-            let mut obs = observe::observe(&client, &ur, Default::default(), &cvsh).await?;
+            let mut obs = observe::snapshot(&client, &ur, Default::default(), &cvsh).await?;
             if obs.cluster.is_none() {
                 anyhow::bail!(
                     "Cluster {}/{} not found",
@@ -245,6 +252,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Run {
             namespace,
             capi_api_version,
+            concurrency,
             platform,
         } => {
             let mut config = kube::Config::infer().await?;
@@ -281,7 +289,17 @@ async fn main() -> anyhow::Result<()> {
                 }
                 None => None,
             };
-            reconcile::run(client, namespace, capi_api_version.into(), cvsh, standby).await
+            driver::run(
+                client,
+                RunOptions {
+                    namespace,
+                    capi: capi_api_version.into(),
+                    cvsh,
+                    standby,
+                    concurrency,
+                },
+            )
+            .await
         }
         Command::Plan(args) => plan(args).await,
     }

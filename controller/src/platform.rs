@@ -39,7 +39,7 @@ pub enum CvshMapping {
 }
 
 /// A Cluster that maps to no cvsh, or to one it must not move.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Unmapped {
     pub reason: &'static str,
     pub message: String,
@@ -103,6 +103,21 @@ impl CvshConfig {
             });
         }
         Ok(name)
+    }
+
+    /// The Cluster whose cvsh is `name` (the reverse of [`CvshConfig::name_for`]); `None` for
+    /// the global cluster's and for names no Cluster maps to.
+    pub fn cluster_for(&self, name: &str) -> Option<(String, String)> {
+        if name == self.global_name {
+            return None;
+        }
+        match (self.mapping, name.split_once('.')) {
+            (CvshMapping::NamespacedName, Some((ns, cluster))) => {
+                Some((ns.to_string(), cluster.to_string()))
+            }
+            (_, Some(_)) => None,
+            (_, None) => Some((self.namespace.clone(), name.to_string())),
+        }
     }
 
     /// The one write this controller makes to a cvsh: its desired version (server-side apply,

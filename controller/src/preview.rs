@@ -6,8 +6,9 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::api::{MatrixRow, WorkerStrategy};
-use crate::decide::{self, Observed};
-use crate::plan::{self, PlanInput, StepKind};
+use crate::decide::plan::{self, PlanInput, StepKind};
+use crate::decide::{self};
+use crate::observe::Observed;
 
 /// One row of the preview.
 #[derive(Debug, Serialize)]

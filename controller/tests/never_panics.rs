@@ -13,8 +13,13 @@ use serde_json::{Value, json};
 use upgrade_controller::api::{
     ExtensionsStatus, OSSupportMatrix, Phase, StepState, UpgradeRequestSpec, UpgradeRequestStatus,
 };
-use upgrade_controller::decide::{self, Decision, Observed};
-use upgrade_controller::status::{self, Waiting};
+use upgrade_controller::decide::{self, Decision, Outcome};
+use upgrade_controller::observe::Observed;
+use upgrade_controller::status;
+
+fn typed<T: serde::de::DeserializeOwned>(v: Value) -> T {
+    serde_json::from_value(v).expect("a fixture of the typed shape")
+}
 
 fn cases() -> u32 {
     std::env::var("UC_PROPTEST_CASES")
@@ -231,10 +236,10 @@ fn observed() -> impl Strategy<Value = (Observed, Vec<Value>)> {
                 ]},
             }));
             let obs = Observed {
-                cluster: (oddity != 6).then_some(cluster),
-                kcp: (oddity != 7).then_some(kcp),
-                mds,
-                machines: machines.clone(),
+                cluster: (oddity != 6).then(|| typed(cluster)),
+                kcp: (oddity != 7).then(|| typed(kcp)),
+                mds: mds.into_iter().map(typed).collect(),
+                machines: machines.iter().cloned().map(typed).collect(),
                 matrix,
                 cvsh,
                 cvsh_where: "ClusterVersionShadow cpaas-system/c".into(),
@@ -308,13 +313,31 @@ fn mutate_status(
 
 fn explained(d: &Decision) -> Result<(), String> {
     match d {
-        Decision::Stall(s) if s.reason.is_empty() || s.message.is_empty() => {
+        Decision::Stall(s) if s.reason.as_str().is_empty() || s.message.is_empty() => {
             Err(format!("a stall without a reason or message: {s:?}"))
         }
         Decision::ClusterPaused { message } if message.is_empty() => {
             Err("a paused cluster without a message".into())
         }
         _ => Ok(()),
+    }
+}
+
+/// How a request stands after a decision, as the engine's pass reports it.
+fn outcome_of(d: &Decision) -> Outcome {
+    match d {
+        Decision::Stall(s) => Outcome::Stalled(s.clone()),
+        Decision::ClusterPaused { message } => Outcome::ClusterPaused(message.clone()),
+        Decision::Blocked { scope } => Outcome::Blocked(*scope),
+        Decision::AwaitAcknowledgement { .. } => Outcome::AwaitingAcknowledgement,
+        Decision::Paused => Outcome::Paused,
+        Decision::Succeeded => Outcome::Succeeded,
+        Decision::RequestExtensions { .. } | Decision::ExtensionsDone => {
+            Outcome::UpgradingExtensions
+        }
+        _ => Outcome::Upgrading {
+            recheck: std::time::Duration::from_secs(30),
+        },
     }
 }
 
@@ -355,14 +378,8 @@ proptest! {
         }
         let d = decide::decide(&spec, &status, &obs, now);
         prop_assert!(explained(&d).is_ok(), "{:?}", explained(&d));
-        let (stall, waiting) = match &d {
-            Decision::Stall(s) => (Some(s.clone()), Waiting::Nothing),
-            Decision::ClusterPaused { message } => (None, Waiting::ClusterPaused(message.clone())),
-            Decision::Blocked { .. } => (None, Waiting::Preflight),
-            Decision::AwaitAcknowledgement { .. } => (None, Waiting::Acknowledgement),
-            _ => (None, Waiting::Nothing),
-        };
-        status::summarize(&mut status, stall.as_ref(), waiting, spec.paused, 1, now);
+        let outcome = outcome_of(&d);
+        status::summarize(&mut status, &outcome, 1, now);
         prop_assert!(status.phase.is_some());
         if status.phase == Some(Phase::Stalled) {
             let c = status.conditions.iter().find(|c| c.type_ == "Stalled").unwrap();
@@ -370,12 +387,7 @@ proptest! {
         }
         // Unchanged inputs give an unchanged status: no write follows.
         let again = status.clone();
-        status::summarize(&mut status, stall.as_ref(), match &d {
-            Decision::ClusterPaused { message } => Waiting::ClusterPaused(message.clone()),
-            Decision::Blocked { .. } => Waiting::Preflight,
-            Decision::AwaitAcknowledgement { .. } => Waiting::Acknowledgement,
-            _ => Waiting::Nothing,
-        }, spec.paused, 1, now);
+        status::summarize(&mut status, &outcome, 1, now);
         prop_assert_eq!(status, again);
     }
 }
@@ -397,25 +409,25 @@ impl FakeCluster {
         }))
         .unwrap();
         f.obs.matrix = Some(matrix);
-        f.obs.cluster = Some(json!({
+        f.obs.cluster = Some(typed(json!({
             "apiVersion": "cluster.x-k8s.io/v1beta1", "kind": "Cluster",
             "metadata": {"name": "c", "namespace": "ns", "uid": "u1"},
             "spec": {"controlPlaneRef": {"kind": "KubeadmControlPlane", "name": "c-cp"}},
-        }));
-        f.obs.kcp = Some(json!({
+        })));
+        f.obs.kcp = Some(typed(json!({
             "apiVersion": "controlplane.cluster.x-k8s.io/v1beta1", "kind": "KubeadmControlPlane",
             "metadata": {"name": "c-cp", "namespace": "ns", "generation": 1,
                          "labels": {"cluster.x-k8s.io/cluster-name": "c"}},
             "spec": {"version": cp, "replicas": 1,
                      "machineTemplate": {"infrastructureRef": {"apiVersion": "infrastructure.cluster.x-k8s.io/v1beta1", "kind": "DevMachineTemplate", "name": "t"}}},
-        }));
+        })));
         for pool in ["md-a", "md-b"] {
-            f.obs.mds.push(json!({
+            f.obs.mds.push(typed(json!({
                 "apiVersion": "cluster.x-k8s.io/v1beta1", "kind": "MachineDeployment",
                 "metadata": {"name": pool, "namespace": "ns", "generation": 1},
                 "spec": {"clusterName": "c", "replicas": 1, "template": {"spec": {"version": cp,
                     "infrastructureRef": {"apiVersion": "infrastructure.cluster.x-k8s.io/v1beta1", "kind": "DevMachineTemplate", "name": "t"}}}},
-            }));
+            })));
         }
         f.obs.cvsh = Some(json!({"spec": {}, "status": {"current": {"version": phase},
             "conditions": [{"type": "Ready", "status": "True", "reason": "r", "message": ""}]}}));
@@ -427,37 +439,40 @@ impl FakeCluster {
     /// CAPI finishes every rollout: statuses and machines at the declared versions.
     fn settle(&mut self) {
         let kcp = self.obs.kcp.as_mut().unwrap();
-        let v = kcp["spec"]["version"].clone();
-        kcp["status"] = json!({"observedGeneration": kcp["metadata"]["generation"], "replicas": 1,
-            "updatedReplicas": 1, "readyReplicas": 1, "unavailableReplicas": 0, "version": v});
+        let v = kcp.spec.version.clone();
+        kcp.status = typed(
+            json!({"observedGeneration": kcp.metadata.generation, "replicas": 1,
+            "updatedReplicas": 1, "readyReplicas": 1, "unavailableReplicas": 0, "version": v}),
+        );
         let mut machines = vec![machine(
             "cp-0",
             ("cluster.x-k8s.io/control-plane-name", "c-cp"),
-            v.as_str().unwrap(),
+            &v,
             true,
         )];
         for md in &mut self.obs.mds {
-            let v = md["spec"]["template"]["spec"]["version"].clone();
-            md["status"] = json!({"observedGeneration": md["metadata"]["generation"], "replicas": 1,
-                "updatedReplicas": 1, "readyReplicas": 1, "availableReplicas": 1});
-            let name = md["metadata"]["name"].as_str().unwrap().to_string();
+            let v = md.version().to_string();
+            md.status = typed(
+                json!({"observedGeneration": md.metadata.generation, "replicas": 1,
+                "updatedReplicas": 1, "readyReplicas": 1, "availableReplicas": 1}),
+            );
+            let name = md.metadata.name.clone().unwrap();
             machines.push(machine(
                 &format!("{name}-0"),
                 ("cluster.x-k8s.io/deployment-name", &name),
-                v.as_str().unwrap(),
+                &v,
                 true,
             ));
         }
-        self.obs.machines = machines;
+        self.obs.machines = machines.into_iter().map(typed).collect();
     }
 
     fn write_kcp(&mut self, version: &str, dns: &str, etcd: &str) {
         let kcp = self.obs.kcp.as_mut().unwrap();
-        kcp["spec"]["version"] = json!(version);
-        kcp["spec"]["kubeadmConfigSpec"] = json!({"clusterConfiguration": {
-            "dns": {"imageTag": dns}, "etcd": {"local": {"imageTag": etcd}}}});
-        let g = kcp["metadata"]["generation"].as_i64().unwrap();
-        kcp["metadata"]["generation"] = json!(g + 1);
+        kcp.spec.version = version.to_string();
+        kcp.spec.kubeadm_config_spec = typed(json!({"clusterConfiguration": {
+            "dns": {"imageTag": dns}, "etcd": {"local": {"imageTag": etcd}}}}));
+        kcp.metadata.generation = Some(kcp.metadata.generation.unwrap() + 1);
     }
 
     fn write_md(&mut self, pool: &str, version: &str) {
@@ -465,11 +480,10 @@ impl FakeCluster {
             .obs
             .mds
             .iter_mut()
-            .find(|m| m["metadata"]["name"] == pool)
+            .find(|m| m.metadata.name.as_deref() == Some(pool))
             .unwrap();
-        md["spec"]["template"]["spec"]["version"] = json!(version);
-        let g = md["metadata"]["generation"].as_i64().unwrap();
-        md["metadata"]["generation"] = json!(g + 1);
+        md.spec.template.spec.version = Some(version.to_string());
+        md.metadata.generation = Some(md.metadata.generation.unwrap() + 1);
     }
 }
 
@@ -546,7 +560,7 @@ proptest! {
                 Decision::Start { index, pools } => {
                     let step = status.plan[index].clone();
                     if step.kind == upgrade_controller::api::PlanStepKind::ControlPlane {
-                        let from = minor(fake.obs.kcp.as_ref().unwrap()["spec"]["version"].as_str().unwrap());
+                        let from = minor(&fake.obs.kcp.as_ref().unwrap().spec.version);
                         prop_assert!(minor(&step.kubernetes_version) <= from + 1, "skipped a minor");
                         let row = fake.obs.matrix.as_ref().unwrap().spec.rows.iter()
                             .find(|r| r.distribution_version == step.distribution_version).unwrap().clone();
@@ -570,7 +584,7 @@ proptest! {
                         ["RolloutTimeout", "UnknownTarget", "Downgrade"].contains(&s.reason.as_str()),
                         "unexpected stall {s:?}"
                     );
-                    if s.reason != "RolloutTimeout" { outcome = Some(s.reason); break; }
+                    if s.reason != "RolloutTimeout" { outcome = Some(s.reason.to_string()); break; }
                 }
                 _ => {}
             }
@@ -587,7 +601,7 @@ proptest! {
         }
         if outcome.as_deref() == Some("Succeeded") {
             let want = &status.target.as_ref().unwrap().kubernetes_version;
-            prop_assert_eq!(fake.obs.kcp.as_ref().unwrap()["spec"]["version"].as_str(), Some(want.as_str()));
+            prop_assert_eq!(&fake.obs.kcp.as_ref().unwrap().spec.version, want);
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use proptest::prelude::*;
 use upgrade_controller::api::{ImageKey, MatrixRow, OSSupportMatrix, WorkerStrategy};
-use upgrade_controller::plan::{
+use upgrade_controller::decide::plan::{
     CurrentVersions, PlanError, PlanInput, PoolVersion, Step, StepKind, apply_step, plan,
 };
 use upgrade_controller::version::KubeVersion;

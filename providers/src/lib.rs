@@ -20,7 +20,6 @@ use serde_json::{Map, Value, json};
 
 pub use capacity::{
     ImageLookup, PLATFORM_NAMESPACE, SlotCount, SlotPoolRef, image_confirmed, is_label_value,
-    surge_of_kcp, surge_of_md,
 };
 pub use capd::Capd;
 pub use dcs::{DCS_VM_TEMPLATE_LABEL, Dcs};

@@ -12,7 +12,7 @@ use std::borrow::Cow;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::core::{ApiResource, NamespaceResourceScope};
+use kube::core::{ApiResource, DynamicResourceScope};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -154,7 +154,7 @@ macro_rules! capi_resource {
     ($t:ty) => {
         impl kube::Resource for $t {
             type DynamicType = ApiResource;
-            type Scope = NamespaceResourceScope;
+            type Scope = DynamicResourceScope;
 
             fn kind(dt: &ApiResource) -> Cow<'_, str> {
                 dt.kind.as_str().into()
@@ -511,6 +511,15 @@ impl Machine {
 pub struct MachinePool {
     #[serde(default)]
     pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: MachinePoolSpec,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MachinePoolSpec {
+    #[serde(default)]
+    pub cluster_name: String,
 }
 
 capi_resource!(MachinePool);
@@ -548,10 +557,15 @@ mod tests {
         for obj in [v1, v2] {
             let kcp: KubeadmControlPlane = serde_json::from_value(obj).unwrap();
             let r = kcp.infrastructure_ref().unwrap();
-            assert_eq!((r.group(), r.kind.as_str(), r.name.as_str()), ("infrastructure.cluster.x-k8s.io", "DCSMachineTemplate", "t"));
+            assert_eq!(
+                (r.group(), r.kind.as_str(), r.name.as_str()),
+                ("infrastructure.cluster.x-k8s.io", "DCSMachineTemplate", "t")
+            );
             assert_eq!((kcp.dns_tag(), kcp.etcd_tag()), ("1.14.3", "v3.5.28"));
             assert_eq!(
-                kcp.strategy().and_then(|s| s.rolling_update.clone()).and_then(|r| r.max_surge),
+                kcp.strategy()
+                    .and_then(|s| s.rolling_update.clone())
+                    .and_then(|r| r.max_surge),
                 Some(IntOrString::Int(0))
             );
         }
@@ -559,9 +573,14 @@ mod tests {
 
     #[test]
     fn unknown_and_missing_fields_are_tolerated() {
-        let m: Machine = serde_json::from_value(json!({"metadata": {"name": "m"}, "extra": 1})).unwrap();
-        assert_eq!((m.version(), m.kubelet(), m.node_healthy()), ("", "", false));
-        let md: MachineDeployment = serde_json::from_value(json!({"spec": {"template": {}}})).unwrap();
+        let m: Machine =
+            serde_json::from_value(json!({"metadata": {"name": "m"}, "extra": 1})).unwrap();
+        assert_eq!(
+            (m.version(), m.kubelet(), m.node_healthy()),
+            ("", "", false)
+        );
+        let md: MachineDeployment =
+            serde_json::from_value(json!({"spec": {"template": {}}})).unwrap();
         assert_eq!((md.version(), md.replicas()), ("", 1));
     }
 }

@@ -171,25 +171,31 @@ pub async fn kcp_rollout_pending(
     name: &str,
     version: &str,
 ) -> Result<Vec<String>> {
-    let kcp = serde_json::to_value(kcp_api(client, ns).get(name).await?)?;
+    let kcp: upgrade_controller::capi::KubeadmControlPlane =
+        serde_json::from_value(serde_json::to_value(kcp_api(client, ns).get(name).await?)?)?;
     let machines = machines(
         client,
         ns,
         &format!("cluster.x-k8s.io/control-plane-name={name}"),
     )
     .await?;
-    Ok(upgrade_controller::gate::control_plane_pending(
+    let machines: Vec<_> = machines.iter().collect();
+    Ok(upgrade_controller::decide::gate::control_plane_pending(
         &kcp, &machines, version,
     ))
 }
 
-async fn machines(client: &kube::Client, ns: &str, selector: &str) -> Result<Vec<Value>> {
+async fn machines(
+    client: &kube::Client,
+    ns: &str,
+    selector: &str,
+) -> Result<Vec<upgrade_controller::capi::Machine>> {
     machine_api(client, ns)
         .list(&ListParams::default().labels(selector))
         .await?
         .items
         .into_iter()
-        .map(|m| Ok(serde_json::to_value(m)?))
+        .map(|m| Ok(serde_json::from_value(serde_json::to_value(m)?)?))
         .collect()
 }
 
@@ -201,16 +207,16 @@ pub async fn md_rollout_pending(
     name: &str,
     version: &str,
 ) -> Result<Vec<String>> {
-    let md = serde_json::to_value(md_api(client, ns).get(name).await?)?;
+    let md: upgrade_controller::capi::MachineDeployment =
+        serde_json::from_value(serde_json::to_value(md_api(client, ns).get(name).await?)?)?;
     let machines = machines(
         client,
         ns,
         &format!("cluster.x-k8s.io/deployment-name={name}"),
     )
     .await?;
-    Ok(upgrade_controller::gate::machine_deployment_pending(
-        &md, &machines, version,
-    ))
+    let machines: Vec<_> = machines.iter().collect();
+    Ok(upgrade_controller::decide::gate::machine_deployment_pending(&md, &machines, version))
 }
 
 /// Polls `pending` until it returns nothing, failing with its last answer after `timeout`.

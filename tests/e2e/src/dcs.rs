@@ -766,7 +766,10 @@ async fn refresh_counters(
     let machines = owned_machines(client, ns, obj).await?;
     let ready = machines
         .iter()
-        .filter(|m| upgrade_controller::gate::condition_true(m, "NodeHealthy"))
+        .filter(|m| {
+            serde_json::from_value::<upgrade_controller::capi::Machine>((*m).clone())
+                .is_ok_and(|m| m.node_healthy())
+        })
         .count() as u32;
     let all_ready = ready == replicas;
     let generation = fresh["metadata"]["generation"].clone();

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
 use serde_json::{Value, json};
+use upgrade_controller::FIELD_MANAGER;
 use upgrade_controller::api::{CheckName, CheckState, Phase, StepState, UpgradeRequest};
-use upgrade_controller::reconcile::FIELD_MANAGER;
 
 use crate::capi::{self, INFRA_V1BETA1};
 use crate::dcs::{self, StaticDcsCluster};

@@ -51,7 +51,7 @@ async fn control_plane_pending_at(
         .into_iter()
         .find(|k| k.metadata.name.as_deref() == Some(KCP))
         .expect("the KCP at that revision");
-    let machines: Vec<Value> = capi::machine_api(client, ns)
+    let machines: Vec<upgrade_controller::capi::Machine> = capi::machine_api(client, ns)
         .list(
             &at.clone()
                 .labels(&format!("cluster.x-k8s.io/control-plane-name={KCP}")),
@@ -60,11 +60,13 @@ async fn control_plane_pending_at(
         .unwrap()
         .items
         .into_iter()
-        .map(|m| serde_json::to_value(m).unwrap())
+        .map(|m| serde_json::from_value(serde_json::to_value(m).unwrap()).unwrap())
         .collect();
-    upgrade_controller::gate::control_plane_pending(
-        &serde_json::to_value(kcp).unwrap(),
-        &machines,
+    let kcp: upgrade_controller::capi::KubeadmControlPlane =
+        serde_json::from_value(serde_json::to_value(kcp).unwrap()).unwrap();
+    upgrade_controller::decide::gate::control_plane_pending(
+        &kcp,
+        &machines.iter().collect::<Vec<_>>(),
         version,
     )
 }
@@ -461,7 +463,7 @@ async fn snapshot(client: &kube::Client, ns: &str) -> BTreeMap<String, Value> {
                 .map(|m| m.iter().filter_map(|e| e["manager"].as_str()).collect())
                 .unwrap_or_default();
             assert!(
-                !managers.contains(&upgrade_controller::reconcile::FIELD_MANAGER),
+                !managers.contains(&upgrade_controller::FIELD_MANAGER),
                 "{kind} {:?} has fields written by the controller",
                 o.metadata.name
             );

@@ -70,7 +70,8 @@ async fn main() -> Result<()> {
         upgrade_controller::platform::CvshMapping::NamespacedName,
     )
     .map_err(anyhow::Error::msg)?;
-    let obs = upgrade_controller::observe::observe(&client, &ur, Default::default(), &cvsh).await?;
+    let obs =
+        upgrade_controller::observe::snapshot(&client, &ur, Default::default(), &cvsh).await?;
     let matrix = obs.matrix.clone().context("sample matrix missing")?;
     let steps = preview::preview(&obs, &matrix.spec.rows, "4.3", WorkerStrategy::EveryHop)?;
     eprintln!("== plan to 4.3:\n{}", preview::table(&steps));

@@ -9,8 +9,16 @@
 //! (client certificate and key data, or a bearer token), refuses everything else by name, and
 //! builds the client from a fresh kubeconfig holding exactly those fields.
 
-use std::collections::BTreeMap;
+use crate::observe::ClusterKey;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+
+use super::inputs::describe_error;
+use crate::preflight::WorkloadUnavailable;
 
 use kube::config::{
     AuthInfo, Cluster, Context, KubeConfigOptions, Kubeconfig, NamedAuthInfo, NamedCluster,
@@ -311,6 +319,73 @@ impl InlineKubeconfig {
             .headers
             .push((http::header::USER_AGENT, crate::user_agent()));
         kube::Client::try_from(config).map_err(|e| KubeconfigError::Client(e.to_string()))
+    }
+}
+
+/// Workload-cluster clients, one per Cluster, rebuilt when its kubeconfig Secret changes
+/// (a new `resourceVersion`).
+#[derive(Clone, Default)]
+pub struct WorkloadClients(Arc<Mutex<HashMap<ClusterKey, Built>>>);
+
+/// A client and the Secret `resourceVersion` it was built from.
+type Built = (String, kube::Client);
+
+impl WorkloadClients {
+    /// A client for the workload cluster of Cluster `ns/cluster` from CAPI's
+    /// `<cluster>-kubeconfig` Secret (key `value`), which is data only.
+    pub async fn client(
+        &self,
+        management: &kube::Client,
+        ns: &str,
+        cluster: &str,
+    ) -> Result<kube::Client, WorkloadUnavailable> {
+        let secrets: Api<Secret> = Api::namespaced(management.clone(), ns);
+        let name = format!("{cluster}-kubeconfig");
+        let unreadable = |message: String| WorkloadUnavailable {
+            reason: "KubeconfigUnreadable",
+            message,
+        };
+        let secret = secrets.get(&name).await.map_err(|e| {
+            unreadable(format!(
+                "reading Secret {ns}/{name}: {}",
+                describe_error(&e)
+            ))
+        })?;
+        let version = secret.metadata.resource_version.clone().unwrap_or_default();
+        let key = (ns.to_string(), cluster.to_string());
+        if let Some((v, c)) = self.0.lock().unwrap_or_else(|p| p.into_inner()).get(&key)
+            && *v == version
+        {
+            return Ok(c.clone());
+        }
+        let data = secret
+            .data
+            .and_then(|d| d.get("value").cloned())
+            .ok_or_else(|| unreadable(format!("Secret {ns}/{name} has no key \"value\"")))?;
+        let text = String::from_utf8(data.0)
+            .map_err(|_| unreadable(format!("Secret {ns}/{name} is not UTF-8")))?;
+        let refused = |e: KubeconfigError| WorkloadUnavailable {
+            reason: e.reason(),
+            message: format!("the kubeconfig in Secret {ns}/{name} (key value) {e}"),
+        };
+        let client = inline_kubeconfig(&text)
+            .map_err(refused)?
+            .client()
+            .await
+            .map_err(refused)?;
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, (version, client.clone()));
+        Ok(client)
+    }
+
+    /// Forgets the client of a Cluster (when its last request is gone).
+    pub fn forget(&self, ns: &str, cluster: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&(ns.to_string(), cluster.to_string()));
     }
 }
 

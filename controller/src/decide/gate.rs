@@ -1,54 +1,84 @@
 //! "Is this rollout done?" by Cluster API's own criteria (DOMAIN.md §5), never by a phase
-//! string. Pure functions over the objects as JSON, answering with the list of reasons the
+//! string. Pure functions over the typed objects, answering with the list of reasons the
 //! rollout is not done yet (empty = done), so a timeout can say exactly what is missing.
 //!
 //! Handles both API shapes: v1beta1 (`updatedReplicas`, `readyReplicas`, `availableReplicas`,
 //! `unavailableReplicas`) and v1beta2 (`upToDateReplicas`, `availableReplicas`, and
 //! `status.deprecated.v1beta1` counters).
 
-use serde_json::Value;
+use crate::capi::{KubeadmControlPlane, Machine, MachineDeployment, ReplicaStatus};
 
-fn int(v: &Value) -> Option<i64> {
-    v.as_i64()
+/// What the gates read of a KubeadmControlPlane or a MachineDeployment.
+pub trait Rollable {
+    /// `KubeadmControlPlane` or `MachineDeployment`, for messages.
+    const KIND: &'static str;
+    fn generation(&self) -> i64;
+    fn replicas(&self) -> i64;
+    fn replica_status(&self) -> &ReplicaStatus;
+    fn v1beta2(&self) -> bool;
 }
 
-pub fn condition_true(obj: &Value, type_: &str) -> bool {
-    obj["status"]["conditions"].as_array().is_some_and(|cs| {
-        cs.iter()
-            .any(|c| c["type"] == type_ && c["status"] == "True")
-    })
+impl Rollable for KubeadmControlPlane {
+    const KIND: &'static str = "KubeadmControlPlane";
+    fn generation(&self) -> i64 {
+        self.metadata.generation.unwrap_or(0)
+    }
+    fn replicas(&self) -> i64 {
+        KubeadmControlPlane::replicas(self)
+    }
+    fn replica_status(&self) -> &ReplicaStatus {
+        &self.status
+    }
+    fn v1beta2(&self) -> bool {
+        self.is_v1beta2()
+    }
+}
+
+impl Rollable for MachineDeployment {
+    const KIND: &'static str = "MachineDeployment";
+    fn generation(&self) -> i64 {
+        self.metadata.generation.unwrap_or(0)
+    }
+    fn replicas(&self) -> i64 {
+        MachineDeployment::replicas(self)
+    }
+    fn replica_status(&self) -> &ReplicaStatus {
+        &self.status
+    }
+    fn v1beta2(&self) -> bool {
+        self.is_v1beta2()
+    }
 }
 
 /// The controller has not seen the latest spec yet.
-fn generation_pending(obj: &Value, kind: &str) -> Option<String> {
-    let generation = int(&obj["metadata"]["generation"]).unwrap_or(0);
-    let observed = int(&obj["status"]["observedGeneration"]).unwrap_or(0);
+fn generation_pending<T: Rollable>(obj: &T) -> Option<String> {
+    let generation = obj.generation();
+    let observed = obj.replica_status().observed_generation.unwrap_or(0);
     (observed != generation).then(|| {
         format!(
-            "{kind} status.observedGeneration {observed} is behind metadata.generation {generation}"
+            "{} status.observedGeneration {observed} is behind metadata.generation {generation}",
+            T::KIND
         )
     })
 }
 
-/// Replica counters of a KubeadmControlPlane or MachineDeployment: observedGeneration current,
-/// and every counter equal to `spec.replicas`, with no unavailable replicas.
-fn counters_pending(obj: &Value, kind: &str) -> Vec<String> {
-    let mut why: Vec<String> = generation_pending(obj, kind).into_iter().collect();
-    let want = int(&obj["spec"]["replicas"]).unwrap_or(1);
-    let status = &obj["status"];
-    let v1beta2 = obj["apiVersion"]
-        .as_str()
-        .is_some_and(|v| v.ends_with("/v1beta2"));
-    let mut counters: Vec<(&str, Option<i64>)> = vec![("replicas", int(&status["replicas"]))];
-    if v1beta2 {
-        counters.push(("upToDateReplicas", int(&status["upToDateReplicas"])));
-        counters.push(("readyReplicas", int(&status["readyReplicas"])));
-        counters.push(("availableReplicas", int(&status["availableReplicas"])));
+/// Replica counters: observedGeneration current, and every counter equal to `spec.replicas`,
+/// with no unavailable replicas.
+fn counters_pending<T: Rollable>(obj: &T) -> Vec<String> {
+    let kind = T::KIND;
+    let mut why: Vec<String> = generation_pending(obj).into_iter().collect();
+    let want = obj.replicas();
+    let status = obj.replica_status();
+    let mut counters: Vec<(&str, Option<i64>)> = vec![("replicas", status.replicas)];
+    if obj.v1beta2() {
+        counters.push(("upToDateReplicas", status.up_to_date_replicas));
+        counters.push(("readyReplicas", status.ready_replicas));
+        counters.push(("availableReplicas", status.available_replicas));
     } else {
-        counters.push(("updatedReplicas", int(&status["updatedReplicas"])));
-        counters.push(("readyReplicas", int(&status["readyReplicas"])));
+        counters.push(("updatedReplicas", status.updated_replicas));
+        counters.push(("readyReplicas", status.ready_replicas));
         if kind == "MachineDeployment" {
-            counters.push(("availableReplicas", int(&status["availableReplicas"])));
+            counters.push(("availableReplicas", status.available_replicas));
         }
     }
     for (name, got) in counters {
@@ -57,10 +87,10 @@ fn counters_pending(obj: &Value, kind: &str) -> Vec<String> {
             why.push(format!("{kind} status.{name} is {got}, want {want}"));
         }
     }
-    let unavailable = if v1beta2 {
-        int(&status["deprecated"]["v1beta1"]["unavailableReplicas"])
+    let unavailable = if obj.v1beta2() {
+        status.deprecated.v1beta1.unavailable_replicas
     } else {
-        int(&status["unavailableReplicas"])
+        status.unavailable_replicas
     };
     if let Some(n) = unavailable.filter(|n| *n != 0) {
         why.push(format!("{kind} has {n} unavailable replicas"));
@@ -68,31 +98,33 @@ fn counters_pending(obj: &Value, kind: &str) -> Vec<String> {
     why
 }
 
+fn name(m: &Machine) -> &str {
+    m.metadata.name.as_deref().unwrap_or("?")
+}
+
 /// Machines: exactly `want` of them, none being deleted, each declaring `version`, with a
 /// healthy node whose kubelet (where the node reports one) runs `version`.
-fn machines_pending(machines: &[Value], version: &str, want: i64) -> Vec<String> {
+fn machines_pending(machines: &[&Machine], version: &str, want: i64) -> Vec<String> {
     let mut why = Vec::new();
     if machines.len() as i64 != want {
         why.push(format!("{} machines exist, want {want}", machines.len()));
     }
     for m in machines {
-        let name = m["metadata"]["name"].as_str().unwrap_or("?");
-        if !m["metadata"]["deletionTimestamp"].is_null() {
+        let name = name(m);
+        if m.metadata.deletion_timestamp.is_some() {
             why.push(format!("machine {name} is being deleted"));
             continue;
         }
-        let declared = m["spec"]["version"].as_str().unwrap_or("");
+        let declared = m.version();
         if declared != version {
             why.push(format!("machine {name} is at {declared}"));
             continue;
         }
-        let kubelet = m["status"]["nodeInfo"]["kubeletVersion"]
-            .as_str()
-            .unwrap_or("");
+        let kubelet = m.kubelet();
         if !kubelet.is_empty() && kubelet != version {
             why.push(format!("machine {name} node runs kubelet {kubelet}"));
         }
-        if !condition_true(m, "NodeHealthy") {
+        if !m.node_healthy() {
             why.push(format!("machine {name} node is not healthy yet"));
         }
     }
@@ -103,30 +135,32 @@ fn machines_pending(machines: &[Value], version: &str, want: i64) -> Vec<String>
 /// rolling out a spec change: observedGeneration behind, fewer up-to-date than desired
 /// replicas, surplus replicas, or machines at another version than `version`. Readiness is not
 /// part of it (a machine whose node is down is a health problem, not a rollout).
-pub fn spec_rollout_pending(
-    obj: &Value,
-    kind: &str,
-    machines: &[Value],
+pub fn spec_rollout_pending<T: Rollable>(
+    obj: &T,
+    machines: &[&Machine],
     version: &str,
 ) -> Vec<String> {
-    let mut why: Vec<String> = generation_pending(obj, kind).into_iter().collect();
-    let want = int(&obj["spec"]["replicas"]).unwrap_or(1);
-    let status = &obj["status"];
-    let up_to_date = int(&status["upToDateReplicas"]).or_else(|| int(&status["updatedReplicas"]));
-    let up_to_date = up_to_date.unwrap_or(0);
+    let kind = T::KIND;
+    let mut why: Vec<String> = generation_pending(obj).into_iter().collect();
+    let want = obj.replicas();
+    let status = obj.replica_status();
+    let up_to_date = status
+        .up_to_date_replicas
+        .or(status.updated_replicas)
+        .unwrap_or(0);
     if up_to_date != want {
         why.push(format!(
             "{kind} has {up_to_date} of {want} replicas up to date"
         ));
     }
-    let replicas = int(&status["replicas"]).unwrap_or(0);
+    let replicas = status.replicas.unwrap_or(0);
     if replicas > want {
         why.push(format!("{kind} has {replicas} replicas, {want} wanted"));
     }
     let stale: Vec<&str> = machines
         .iter()
-        .filter(|m| m["spec"]["version"].as_str() != Some(version))
-        .filter_map(|m| m["metadata"]["name"].as_str())
+        .filter(|m| m.spec.version.as_deref() != Some(version))
+        .filter_map(|m| m.metadata.name.as_deref())
         .collect();
     if !stale.is_empty() {
         why.push(format!("machines not at {version}: {}", stale.join(", ")));
@@ -136,33 +170,59 @@ pub fn spec_rollout_pending(
 
 /// Why the KubeadmControlPlane `kcp` (with its `machines`) is not completely rolled out at
 /// `version`; empty when it is.
-pub fn control_plane_pending(kcp: &Value, machines: &[Value], version: &str) -> Vec<String> {
-    let mut why = counters_pending(kcp, "KubeadmControlPlane");
+pub fn control_plane_pending(
+    kcp: &KubeadmControlPlane,
+    machines: &[&Machine],
+    version: &str,
+) -> Vec<String> {
+    let mut why = counters_pending(kcp);
     // v1beta1 status.version is the lowest version among the control-plane machines.
-    let status_version = kcp["status"]["version"].as_str().unwrap_or("");
+    let status_version = kcp.status.version.as_deref().unwrap_or("");
     if status_version != version {
         why.push(format!(
             "KubeadmControlPlane status.version is {status_version:?}, want {version}"
         ));
     }
-    let want = int(&kcp["spec"]["replicas"]).unwrap_or(1);
-    why.extend(machines_pending(machines, version, want));
+    why.extend(machines_pending(machines, version, kcp.replicas()));
     why
 }
 
 /// Why the MachineDeployment `md` (with its `machines`) is not completely rolled out at
 /// `version`; empty when it is.
-pub fn machine_deployment_pending(md: &Value, machines: &[Value], version: &str) -> Vec<String> {
-    let mut why = counters_pending(md, "MachineDeployment");
-    let want = int(&md["spec"]["replicas"]).unwrap_or(1);
-    why.extend(machines_pending(machines, version, want));
+pub fn machine_deployment_pending(
+    md: &MachineDeployment,
+    machines: &[&Machine],
+    version: &str,
+) -> Vec<String> {
+    let mut why = counters_pending(md);
+    why.extend(machines_pending(machines, version, md.replicas()));
     why
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{Value, json};
+
+    fn typed<T: serde::de::DeserializeOwned>(v: Value) -> T {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn refs(ms: &[Value]) -> Vec<Machine> {
+        ms.iter().cloned().map(typed).collect()
+    }
+
+    fn cp_pending(kcp: &Value, ms: &[Value], v: &str) -> Vec<String> {
+        let ms = refs(ms);
+        let ms: Vec<&Machine> = ms.iter().collect();
+        control_plane_pending(&typed(kcp.clone()), &ms, v)
+    }
+
+    fn md_pending(md: &Value, ms: &[Value], v: &str) -> Vec<String> {
+        let ms = refs(ms);
+        let ms: Vec<&Machine> = ms.iter().collect();
+        machine_deployment_pending(&typed(md.clone()), &ms, v)
+    }
 
     fn machine(name: &str, version: &str, healthy: bool) -> Value {
         json!({
@@ -192,37 +252,37 @@ mod tests {
             machine("b", v, true),
             machine("c", v, true),
         ];
-        assert!(control_plane_pending(&kcp(2, 2, 3, v), &ms, v).is_empty());
+        assert!(cp_pending(&kcp(2, 2, 3, v), &ms, v).is_empty());
 
         // Each criterion on its own keeps the gate closed.
         assert!(
-            !control_plane_pending(&kcp(3, 2, 3, v), &ms, v).is_empty(),
+            !cp_pending(&kcp(3, 2, 3, v), &ms, v).is_empty(),
             "stale observedGeneration"
         );
         assert!(
-            !control_plane_pending(&kcp(2, 2, 2, v), &ms, v).is_empty(),
+            !cp_pending(&kcp(2, 2, 2, v), &ms, v).is_empty(),
             "a replica short"
         );
         assert!(
-            !control_plane_pending(&kcp(2, 2, 3, "v1.31.14-2"), &ms, v).is_empty(),
+            !cp_pending(&kcp(2, 2, 3, "v1.31.14-2"), &ms, v).is_empty(),
             "status.version"
         );
         let mut unhealthy = ms.clone();
         unhealthy[1] = machine("b", v, false);
-        assert!(!control_plane_pending(&kcp(2, 2, 3, v), &unhealthy, v).is_empty());
+        assert!(!cp_pending(&kcp(2, 2, 3, v), &unhealthy, v).is_empty());
         let mut old = ms.clone();
         old[2] = machine("c", "v1.31.14-2", true);
-        let why = control_plane_pending(&kcp(2, 2, 3, v), &old, v);
+        let why = cp_pending(&kcp(2, 2, 3, v), &old, v);
         assert_eq!(why, vec!["machine c is at v1.31.14-2".to_string()]);
         let mut extra = ms.clone();
         extra.push(machine("d", v, true));
         assert!(
-            !control_plane_pending(&kcp(2, 2, 3, v), &extra, v).is_empty(),
+            !cp_pending(&kcp(2, 2, 3, v), &extra, v).is_empty(),
             "surge machine still there"
         );
         let mut deleting = ms.clone();
         deleting[0]["metadata"]["deletionTimestamp"] = json!("2026-11-21T10:00:00Z");
-        assert!(!control_plane_pending(&kcp(2, 2, 3, v), &deleting, v).is_empty());
+        assert!(!cp_pending(&kcp(2, 2, 3, v), &deleting, v).is_empty());
     }
 
     #[test]
@@ -236,7 +296,7 @@ mod tests {
                        "updatedReplicas": 1, "readyReplicas": 2, "availableReplicas": 2},
         });
         let ms = vec![machine("a", v, true), machine("b", "v1.31.14-2", true)];
-        let why = machine_deployment_pending(&md, &ms, v);
+        let why = md_pending(&md, &ms, v);
         assert!(
             why.iter().any(|w| w.contains("updatedReplicas is 1")),
             "{why:?}"
@@ -255,9 +315,9 @@ mod tests {
         });
         let mut m = machine("a", v, true);
         m["status"]["nodeInfo"] = json!({"kubeletVersion": "v1.32.11-2"});
-        assert!(!machine_deployment_pending(&md, &[m.clone()], v).is_empty());
+        assert!(!md_pending(&md, &[m.clone()], v).is_empty());
         m["status"]["nodeInfo"] = json!({"kubeletVersion": v});
-        assert!(machine_deployment_pending(&md, &[m], v).is_empty());
+        assert!(md_pending(&md, &[m], v).is_empty());
     }
 
     #[test]
@@ -270,6 +330,6 @@ mod tests {
                        "readyReplicas": 1, "availableReplicas": 1,
                        "deprecated": {"v1beta1": {"unavailableReplicas": 0}}},
         });
-        assert!(machine_deployment_pending(&md, &[machine("a", v, true)], v).is_empty());
+        assert!(md_pending(&md, &[machine("a", v, true)], v).is_empty());
     }
 }

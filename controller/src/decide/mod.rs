@@ -1,53 +1,34 @@
-//! The phase machine: from what was observed and what status already records, the one next
-//! thing to do. Pure (the clock is passed in) and idempotent: the same observations give the
-//! same decision, so a restarted controller picks up exactly where it stopped.
+//! Decide (pure): from what was observed and what status already records, what this
+//! reconcile does. [`decide`] is the phase machine — the one next thing to do — and [`pass`]
+//! runs it over the bookkeeping transitions (a plan made, a preflight recorded, a step found
+//! finished, Phase 1 found done) until it reaches a write or a wait, so one reconcile goes
+//! once through observe → decide → apply → status. The clock is passed in; the same
+//! observations give the same decision, so a restarted controller picks up exactly where it
+//! stopped.
+
+pub mod gate;
+mod phase_one;
+pub mod plan;
+mod steps;
 
 use std::time::Duration;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use serde_json::Value;
 
 use crate::api::{
-    MAX_TIMEOUT, OSSupportMatrix, PlanStep, PlanStepKind, StepState, TargetRow, UpgradeRequestSpec,
-    UpgradeRequestStatus,
+    ClusterVersions, OSSupportMatrix, PlanStep, PlanStepKind, PoolStatus, PreflightStatus,
+    StepState, TargetRow, UpgradeRequestSpec, UpgradeRequestStatus,
 };
-use crate::capi;
-use crate::gate;
-use crate::plan::{self, CurrentVersions, PlanInput, PoolVersion, StepKind};
-use crate::platform;
-use crate::preflight::{self, PreflightObs, Scope};
-use crate::review;
+use crate::capi::{self, Cluster, KubeadmControlPlane, MachineDeployment, RefKind};
+use crate::observe::Observed;
+use crate::preflight::{self, Scope};
+use crate::status;
+use plan::{CurrentVersions, PlanInput, PoolVersion, StepKind};
 use providers::ImageKey;
 
-/// Everything `decide` looks at, read from the API server (reads only).
-#[derive(Debug, Clone, Default)]
-pub struct Observed {
-    pub cluster: Option<Value>,
-    pub kcp: Option<Value>,
-    /// The Cluster's MachineDeployments.
-    pub mds: Vec<Value>,
-    /// The Cluster's Machines.
-    pub machines: Vec<Value>,
-    pub matrix: Option<OSSupportMatrix>,
-    /// This cluster's ClusterVersionShadow (read until Phase 1 has succeeded).
-    pub cvsh: Option<Value>,
-    /// Where that cvsh lives, for messages (`ClusterVersionShadow cpaas-system/prod-a`).
-    pub cvsh_where: String,
-    /// What the preflight reads, when one is due ([`preflight_scope`]).
-    pub preflight: Option<PreflightObs>,
-    /// Names of the Cluster's MachinePools (which this controller cannot move).
-    pub machine_pools: Vec<String>,
-    /// Why the Cluster cannot be mapped to a ClusterVersionShadow, when it cannot
-    /// ([`crate::platform::CvshConfig::name_for`]).
-    pub cvsh_refused: Option<Stall>,
-}
-
-/// Why a request cannot go on; `reason` is the Stalled condition's reason.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Stall {
-    pub reason: String,
-    pub message: String,
-}
+pub use crate::error::{Stall, StallReason};
+pub use steps::{control_plane_pending, pool_pending};
 
 /// The next thing to do.
 #[derive(Debug, Clone, PartialEq)]
@@ -80,11 +61,60 @@ pub enum Decision {
     Start { index: usize, pools: Vec<String> },
     /// Step `index` is complete by CAPI's criteria.
     StepDone { index: usize },
-    /// A rollout is under way; check again on the next event or after `recheck`.
+    /// A rollout is under way (or the workers wait for their control plane); check again on
+    /// the next event or after `recheck`.
     Wait {
         index: usize,
         recheck: SignedDuration,
     },
+}
+
+/// The one write a pass asks for. Its bookkeeping goes into status only once it succeeded
+/// ([`status::record_write`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write {
+    /// Phase 1: `spec.desiredUpdate.version` of the cluster's cvsh (`write: false`: it asks
+    /// for the target already; only record it).
+    RequestExtensions { version: String, write: bool },
+    /// Step `index`'s writes for these pools (all, for a control-plane step).
+    Start { index: usize, pools: Vec<String> },
+}
+
+/// How a request stands when a reconcile ends. Status derives phase and conditions from it
+/// alone, and the driver the requeue.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Needs a person (the reason and the fix are in the stall).
+    Stalled(Stall),
+    /// The Cluster is paused; nothing is written until it is unpaused.
+    ClusterPaused(String),
+    /// Preflight checks of this scope block.
+    Blocked(Scope),
+    /// The preflight of this scope must be read first: another pass follows at once.
+    PreflightDue(Scope),
+    /// The two-step review waits for acknowledgements.
+    AwaitingAcknowledgement,
+    /// Stopped at a step boundary by spec.paused.
+    Paused,
+    /// Phase 1 runs.
+    UpgradingExtensions,
+    /// A step runs (or is about to start); check again after `recheck` at the latest.
+    Upgrading { recheck: Duration },
+    /// The request is deleted and waits for the rollout it started.
+    Deleting(String),
+    /// Both phases done: the cluster is at the target.
+    Succeeded,
+}
+
+/// What [`pass`] concludes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decided {
+    /// The stored status with this pass's bookkeeping applied.
+    pub status: UpgradeRequestStatus,
+    /// The write to make, if any.
+    pub write: Option<Write>,
+    /// How the request stands if the write (when there is one) does not change it.
+    pub outcome: Outcome,
 }
 
 /// The versions the cluster declares: KCP spec.version and each MD's template version.
@@ -92,53 +122,45 @@ pub fn declared(obs: &Observed) -> Option<CurrentVersions> {
     Some(declared_versions(obs.kcp.as_ref()?, &obs.mds))
 }
 
-fn declared_versions(kcp: &Value, mds: &[Value]) -> CurrentVersions {
+fn declared_versions(kcp: &KubeadmControlPlane, mds: &[MachineDeployment]) -> CurrentVersions {
     let mut pools: Vec<PoolVersion> = mds
         .iter()
         .map(|md| PoolVersion {
-            name: capi::name(md).to_string(),
-            version: capi::md_version(md).unwrap_or("").to_string(),
+            name: capi::name(&md.metadata).to_string(),
+            version: md.version().to_string(),
         })
         .collect();
     pools.sort_by(|a, b| a.name.cmp(&b.name));
     CurrentVersions {
-        control_plane: capi::kcp_version(kcp).unwrap_or("").to_string(),
+        control_plane: kcp.spec.version.clone(),
         pools,
     }
 }
 
-fn stall(reason: &str, message: impl Into<String>) -> Decision {
-    Decision::Stall(Stall {
-        reason: reason.into(),
-        message: message.into(),
-    })
+fn stall(reason: StallReason, message: impl Into<String>) -> Decision {
+    Decision::Stall(Stall::new(reason, message))
 }
 
 /// Which row image name the cluster's provider uses, from the KCP's infrastructure template.
-pub fn image_key(kcp: &Value) -> Result<ImageKey, Stall> {
-    let kind = capi::kcp_infrastructure_ref(kcp)["kind"]
-        .as_str()
-        .unwrap_or("");
+pub fn image_key(kcp: &KubeadmControlPlane) -> Result<ImageKey, Stall> {
+    let kind = kcp.infrastructure_ref().map_or("", |r| r.kind.as_str());
     providers::for_template_kind(kind)
         .map(|p| p.image_key())
-        .map_err(|e| Stall {
-            reason: "UnsupportedProvider".into(),
-            message: e.to_string(),
-        })
+        .map_err(|e| Stall::new(StallReason::UnsupportedProvider, e.to_string()))
 }
 
-fn plan_error_reason(e: &plan::PlanError) -> &'static str {
+fn plan_error_reason(e: &plan::PlanError) -> StallReason {
     use plan::PlanError::*;
     match e {
-        InvalidTarget(_) => "InvalidTarget",
-        InvalidRow { .. } => "InvalidMatrix",
-        UnknownTarget { .. } => "UnknownTarget",
-        InvalidCurrent { .. } => "InvalidClusterVersion",
-        Downgrade { .. } => "Downgrade",
-        MajorChange { .. } => "UnsupportedPath",
-        MissingRow { .. } => "MissingMatrixRow",
-        PoolNewerThanControlPlane { .. } | PoolTooFarBehind { .. } => "VersionSkew",
-        NoRowForControlPlaneVersion { .. } => "MissingMatrixRow",
+        InvalidTarget(_) => StallReason::InvalidTarget,
+        InvalidRow { .. } => StallReason::InvalidMatrix,
+        UnknownTarget { .. } => StallReason::UnknownTarget,
+        InvalidCurrent { .. } => StallReason::InvalidClusterVersion,
+        Downgrade { .. } => StallReason::Downgrade,
+        MajorChange { .. } => StallReason::UnsupportedPath,
+        MissingRow { .. } => StallReason::MissingMatrixRow,
+        PoolNewerThanControlPlane { .. } | PoolTooFarBehind { .. } => StallReason::VersionSkew,
+        NoRowForControlPlaneVersion { .. } => StallReason::MissingMatrixRow,
     }
 }
 
@@ -158,10 +180,7 @@ fn fresh_plan(
         },
         current,
     )
-    .map_err(|e| Stall {
-        reason: plan_error_reason(&e).into(),
-        message: e.to_string(),
-    })
+    .map_err(|e| Stall::new(plan_error_reason(&e), e.to_string()))
 }
 
 /// Status steps for a plan, all Pending.
@@ -196,29 +215,6 @@ fn same_step(a: &PlanStep, b: &PlanStep) -> bool {
         && a.pools == b.pools
 }
 
-fn machines_with(obs: &Observed, label: &str, value: &str) -> Vec<Value> {
-    obs.machines
-        .iter()
-        .filter(|m| m["metadata"]["labels"][label].as_str() == Some(value))
-        .cloned()
-        .collect()
-}
-
-/// What keeps pool `md` from being rolled out at `version` (empty = done).
-pub fn pool_pending(obs: &Observed, md: &Value, version: &str) -> Vec<String> {
-    let machines = machines_with(obs, capi::DEPLOYMENT_NAME_LABEL, capi::name(md));
-    gate::machine_deployment_pending(md, &machines, version)
-        .into_iter()
-        .map(|w| format!("{}: {w}", capi::name(md)))
-        .collect()
-}
-
-/// What keeps the control plane from being rolled out at `version` (empty = done).
-pub fn control_plane_pending(obs: &Observed, kcp: &Value, version: &str) -> Vec<String> {
-    let machines = machines_with(obs, capi::CONTROL_PLANE_NAME_LABEL, capi::name(kcp));
-    gate::control_plane_pending(kcp, &machines, version)
-}
-
 /// Whether the plan is fixed: the platform was asked for the target (or found at it). Before
 /// that the plan follows the cluster and the spec on every pass; after it, finished steps and
 /// step numbers never change, and the API server refuses edits of the plan's inputs
@@ -234,71 +230,71 @@ pub fn plan_frozen(status: &UpgradeRequestStatus) -> bool {
 /// What this controller cannot upgrade, said before anything else (DESIGN.md "Flow" 1):
 /// ClusterClass clusters, MachinePools, a control plane owned by another Cluster, and
 /// references that leave the namespace or name unexpected kinds.
-fn unsupported(spec: &UpgradeRequestSpec, obs: &Observed, cluster: &Value) -> Option<Stall> {
+fn unsupported(spec: &UpgradeRequestSpec, obs: &Observed, cluster: &Cluster) -> Option<Stall> {
     let name = &spec.cluster_name;
-    if !cluster["spec"]["topology"].is_null() {
-        return Some(Stall {
-            reason: "ClusterClassManaged".into(),
-            message: format!(
+    if cluster.spec.topology.as_ref().is_some_and(|t| !t.is_null()) {
+        return Some(Stall::new(
+            StallReason::ClusterClassManaged,
+            format!(
                 "Cluster {name} is managed by a ClusterClass (spec.topology): upgrade it by raising spec.topology.version one minor at a time, which CAPI's topology controller rolls out itself; this controller only moves clusters without spec.topology"
             ),
-        });
+        ));
     }
     if !obs.machine_pools.is_empty() {
-        return Some(Stall {
-            reason: "MachinePoolsUnsupported".into(),
-            message: format!(
+        return Some(Stall::new(
+            StallReason::MachinePoolsUnsupported,
+            format!(
                 "Cluster {name} has MachinePools ({}); this controller moves KubeadmControlPlane and MachineDeployments only, so the MachinePools would fall out of the version-skew policy — move their workers to MachineDeployments, or upgrade this cluster by hand",
                 obs.machine_pools.join(", ")
             ),
-        });
+        ));
     }
     if let Some(kcp) = &obs.kcp
         && let Some(why) = capi::not_owned_by(kcp, cluster)
     {
-        return Some(Stall {
-            reason: "ControlPlaneNotOwned".into(),
-            message: format!(
+        return Some(Stall::new(
+            StallReason::ControlPlaneNotOwned,
+            format!(
                 "KubeadmControlPlane {} {why}; spec.controlPlaneRef of Cluster {name} must name the Cluster's own control plane",
-                capi::name(kcp)
+                capi::name(&kcp.metadata)
             ),
-        });
+        ));
     }
-    let ns = cluster["metadata"]["namespace"].as_str().unwrap_or("");
+    let ns = cluster.metadata.namespace.as_deref().unwrap_or("");
     let mut refs = Vec::new();
     if let Some(kcp) = &obs.kcp {
         refs.push((
             format!(
                 "KubeadmControlPlane {} infrastructure template",
-                capi::name(kcp)
+                capi::name(&kcp.metadata)
             ),
-            capi::kcp_infrastructure_ref(kcp),
-            capi::RefKind::InfrastructureTemplate,
+            kcp.infrastructure_ref(),
+            RefKind::InfrastructureTemplate,
         ));
     }
     for md in &obs.mds {
+        let name = capi::name(&md.metadata);
+        let template = &md.spec.template.spec;
         refs.push((
-            format!(
-                "MachineDeployment {} infrastructure template",
-                capi::name(md)
-            ),
-            capi::md_infrastructure_ref(md),
-            capi::RefKind::InfrastructureTemplate,
+            format!("MachineDeployment {name} infrastructure template"),
+            Some(&template.infrastructure_ref),
+            RefKind::InfrastructureTemplate,
         ));
         refs.push((
-            format!("MachineDeployment {} bootstrap template", capi::name(md)),
-            capi::md_bootstrap_ref(md),
-            capi::RefKind::BootstrapTemplate,
+            format!("MachineDeployment {name} bootstrap template"),
+            template.bootstrap.config_ref.as_ref(),
+            RefKind::BootstrapTemplate,
         ));
     }
     for (what, reference, kind) in refs {
         if let Err(why) = capi::check_reference(reference, kind, ns) {
-            return Some(Stall {
-                reason: "ReferenceRefused".into(),
-                message: format!(
-                    "the {what} reference {reference} {why}; this controller only reads and clones templates of the expected kinds in the request's own namespace"
+            return Some(Stall::new(
+                StallReason::ReferenceRefused,
+                format!(
+                    "the {what} reference {} {why}; this controller only reads and clones templates of the expected kinds in the request's own namespace",
+                    reference.map(ToString::to_string).unwrap_or_default()
                 ),
-            });
+            ));
         }
     }
     None
@@ -313,7 +309,7 @@ pub fn decide(
 ) -> Decision {
     let Some(cluster) = &obs.cluster else {
         return stall(
-            "ClusterNotFound",
+            StallReason::ClusterNotFound,
             format!(
                 "Cluster {:?} does not exist in this namespace; set spec.clusterName to an existing Cluster",
                 spec.cluster_name
@@ -324,9 +320,14 @@ pub fn decide(
         return Decision::Stall(s);
     }
     let Some(kcp) = &obs.kcp else {
-        let cp_ref = &cluster["spec"]["controlPlaneRef"];
+        let cp_ref = cluster
+            .spec
+            .control_plane_ref
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_else(|| "none".into());
         return stall(
-            "ControlPlaneNotFound",
+            StallReason::ControlPlaneNotFound,
             format!(
                 "Cluster {} has no KubeadmControlPlane (controlPlaneRef: {cp_ref}); only kubeadm control planes are supported",
                 spec.cluster_name
@@ -335,7 +336,7 @@ pub fn decide(
     };
     let Some(matrix) = &obs.matrix else {
         return stall(
-            "MatrixNotFound",
+            StallReason::MatrixNotFound,
             format!(
                 "OSSupportMatrix {:?} does not exist; create it or set spec.matrixRef",
                 spec.matrix_ref
@@ -348,7 +349,7 @@ pub fn decide(
     ] {
         if let Err(e) = t.get() {
             return stall(
-                "InvalidSpec",
+                StallReason::InvalidSpec,
                 format!("{field}: {e}; set a duration between 1m and 720h such as 45m"),
             );
         }
@@ -384,10 +385,10 @@ pub fn decide(
 
     // The platform's side comes after the spec's own problems: a Cluster that maps to no
     // ClusterVersionShadow it may move goes no further.
-    if let Some(s) = &obs.cvsh_refused {
-        return Decision::Stall(s.clone());
+    if let Some(u) = &obs.cvsh_refused {
+        return stall(StallReason::from_unmapped(u), u.message.clone());
     }
-    if capi::bool_at(cluster, &["spec", "paused"]) {
+    if cluster.paused() {
         return Decision::ClusterPaused {
             message: format!(
                 "Cluster {} has spec.paused: true, and CAPI rolls nothing out in a paused cluster; nothing is written until it is unpaused",
@@ -397,7 +398,7 @@ pub fn decide(
     }
 
     // Phase 1 (and the gates before it) comes before any Kubernetes hop.
-    if let Some(d) = phase_one(spec, status, obs) {
+    if let Some(d) = phase_one::phase_one(spec, status, obs) {
         return d;
     }
 
@@ -408,95 +409,11 @@ pub fn decide(
     else {
         return Decision::Succeeded;
     };
-    let step = &status.plan[index];
-    match step.state {
+    match status.plan[index].state {
         StepState::Pending | StepState::Failed => {
-            if spec.paused {
-                return Decision::Paused;
-            }
-            // Before writing, the cluster must still be where the plan expects it: re-planning
-            // from what it declares gives the rest of the plan (or, when this step's writes
-            // already landed before a restart, the rest after it).
-            let remaining = &status.plan[index..];
-            let fresh = match fresh_plan(spec, matrix, key, &current) {
-                Ok(p) => plan_steps(&p),
-                Err(s) => return Decision::Stall(s),
-            };
-            let matches = |a: &[PlanStep], b: &[PlanStep]| {
-                a.len() == b.len() && a.iter().zip(b).all(|(x, y)| same_step(x, y))
-            };
-            let partial_workers = step.kind == PlanStepKind::Workers
-                && !fresh.is_empty()
-                && fresh[0].kind == PlanStepKind::Workers
-                && fresh[0].kubernetes_version == step.kubernetes_version
-                && fresh[0].pools.iter().all(|p| step.pools.contains(p))
-                && matches(&fresh[1..], &remaining[1..]);
-            // This step's writes landed before a restart: its rollout is ours, not a reason
-            // to block.
-            let landed = !matches(&fresh, remaining) && matches(&fresh, &remaining[1..]);
-            if !(matches(&fresh, remaining) || landed || partial_workers) {
-                let describe = |steps: &[PlanStep]| {
-                    steps
-                        .iter()
-                        .map(|s| format!("{:?} {}", s.kind, s.kubernetes_version))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                };
-                let details = outside_details(status, index, obs, kcp);
-                return stall(
-                    "ClusterChangedOutside",
-                    format!(
-                        "the cluster's declared versions changed outside this request{}: the plan expects next [{}] but the cluster now needs [{}]; restore the versions or create a new UpgradeRequest",
-                        if details.is_empty() {
-                            String::new()
-                        } else {
-                            format!(" ({})", details.join("; "))
-                        },
-                        describe(remaining),
-                        describe(&fresh)
-                    ),
-                );
-            }
-            // Each hop starts with a fresh preflight (health, capacity, images).
-            if step.kind == PlanStepKind::ControlPlane && !landed {
-                let scope = Scope::Hop(index);
-                match &status.preflight {
-                    Some(pf) if pf.scope == scope.label() => {
-                        if !preflight::blocking(&pf.checks).is_empty() {
-                            return Decision::Blocked { scope };
-                        }
-                    }
-                    _ => {
-                        return Decision::Wait {
-                            index,
-                            recheck: SignedDuration::from_secs(5),
-                        };
-                    }
-                }
-            }
-            // Workers only ever follow a control plane that has completely rolled out at
-            // their version, whatever the bookkeeping says.
-            if step.kind == PlanStepKind::Workers {
-                let cp_pending = control_plane_pending(obs, kcp, &step.kubernetes_version);
-                if !cp_pending.is_empty() {
-                    return Decision::Wait {
-                        index,
-                        recheck: SignedDuration::from_secs(30),
-                    };
-                }
-            }
-            let pools = match step.kind {
-                PlanStepKind::ControlPlane => Vec::new(),
-                PlanStepKind::Workers => step
-                    .pools
-                    .iter()
-                    .take(spec.workers.max_concurrent_pools.max(1) as usize)
-                    .cloned()
-                    .collect(),
-            };
-            Decision::Start { index, pools }
+            steps::pending_step(spec, status, obs, kcp, matrix, key, &current, index)
         }
-        StepState::InProgress => in_progress_step(spec, status, obs, kcp, index, now),
+        StepState::InProgress => steps::in_progress_step(spec, status, obs, kcp, index, now),
         StepState::Succeeded => unreachable!("position() skipped succeeded steps"),
     }
 }
@@ -519,327 +436,215 @@ pub fn preflight_scope(status: &UpgradeRequestStatus) -> Option<Scope> {
     .then_some(Scope::Hop(index))
 }
 
-/// Phase 1 and the gates before it (DOMAIN.md §2): the initial preflight, the two-step review,
-/// then the Distribution Version through the cluster's cvsh. `None` once Phase 1 succeeded.
-fn phase_one(
+/// Runs the preflight of `scope` (and, for the initial one, the two-step review) into
+/// `status`. `observedAt` moves only when a check changes, so an unchanged result writes
+/// nothing.
+fn record_preflight(
+    status: &mut UpgradeRequestStatus,
     spec: &UpgradeRequestSpec,
-    status: &UpgradeRequestStatus,
     obs: &Observed,
-) -> Option<Decision> {
-    let ext = status.aligned_extensions.clone().unwrap_or_default();
-    if ext.state == Some(StepState::Succeeded) {
-        return None;
-    }
-    let target = status.target.as_ref()?.distribution_version.clone();
-    let wait = Decision::Wait {
-        index: 0,
-        recheck: SignedDuration::from_secs(5),
+    pobs: &preflight::PreflightObs,
+    scope: Scope,
+    now: Timestamp,
+) {
+    let (Some(kcp), Some(matrix), Some(target)) = (&obs.kcp, &obs.matrix, &status.target) else {
+        return;
     };
-    let requested = ext.requested_at.is_some();
-    if !requested {
-        if spec.paused {
-            return Some(Decision::Paused);
-        }
-        match &status.preflight {
-            Some(pf) if pf.scope == Scope::Initial.label() => {
-                if !preflight::blocking(&pf.checks).is_empty() {
-                    return Some(Decision::Blocked {
-                        scope: Scope::Initial,
-                    });
-                }
-            }
-            _ => return Some(wait),
-        }
-        if let Some(message) = status.review.as_ref().and_then(review::pending_message) {
-            return Some(Decision::AwaitAcknowledgement { message });
-        }
-    }
-    let Some(cvsh) = &obs.cvsh else {
-        return Some(stall(
-            "ClusterVersionShadowNotFound",
-            format!(
-                "{} does not exist; the Cluster Version Operator must track this cluster before its Distribution Version can move",
-                obs.cvsh_where
-            ),
-        ));
+    let Some(row) = matrix
+        .spec
+        .rows
+        .iter()
+        .find(|r| r.distribution_version == target.distribution_version)
+    else {
+        return;
     };
-    if platform::at_version(cvsh, &target) {
-        return Some(Decision::ExtensionsDone);
-    }
-    if let Some((true, reason, message)) = platform::condition(cvsh, "Stalled") {
-        return Some(stall(
-            if reason.is_empty() {
-                "ExtensionsStalled"
-            } else {
-                reason
-            },
-            format!(
-                "the Cluster Version Operator stopped moving the cluster to {target} ({}): {message}; fix the cause on the platform, the upgrade resumes when it clears",
-                obs.cvsh_where
-            ),
-        ));
-    }
-    let desired = platform::desired_version(cvsh);
-    let asks_target = desired.is_some_and(|d| platform::same_version(d, &target));
-    if !requested {
-        return Some(Decision::RequestExtensions {
-            version: target,
-            write: !asks_target,
+    let checks = preflight::evaluate(&preflight::Input {
+        spec,
+        scope,
+        cluster_name: &spec.cluster_name,
+        kcp,
+        mds: &obs.mds,
+        machines: &obs.machines,
+        plan: &status.plan,
+        target: row,
+        cvsh: obs.cvsh.as_ref(),
+        cvsh_where: obs.cvsh_where.clone(),
+        obs: pobs,
+    });
+    let label = scope.label();
+    let unchanged = status
+        .preflight
+        .as_ref()
+        .is_some_and(|p| p.scope == label && p.checks == checks);
+    if !unchanged {
+        status.preflight = Some(PreflightStatus {
+            observed_at: Time(now),
+            scope: label,
+            checks,
         });
     }
-    if !asks_target {
-        return Some(stall(
-            "ExtensionsTargetChanged",
-            format!(
-                "{} spec.desiredUpdate.version is {:?}, not {target} as this request set it; this request never asks twice — restore it to {target}, or delete this request and create a new one",
-                obs.cvsh_where,
-                desired.unwrap_or("")
-            ),
-        ));
-    }
-    Some(wait)
-}
-
-/// The version pool `pool` declared before step `index`: the last finished Workers step that
-/// moved it, or what it declared when the plan was made.
-fn pool_version_before(status: &UpgradeRequestStatus, index: usize, pool: &str) -> Option<String> {
-    status.plan[..index]
-        .iter()
-        .rev()
-        .find(|s| s.kind == PlanStepKind::Workers && s.pools.iter().any(|p| p == pool))
-        .map(|s| s.kubernetes_version.clone())
-        .or_else(|| {
-            status
-                .current
-                .as_ref()?
-                .pools
-                .iter()
-                .find(|p| p.name == pool)
-                .map(|p| p.version.clone())
-        })
-}
-
-/// `what`'s field at `path` holds `found` instead of one of `expected`: the
-/// `ClusterChangedOutside` stall naming the object, the field and who wrote it.
-fn changed_outside(
-    obj: &Value,
-    kind: &str,
-    path: &[&str],
-    found: &str,
-    expected: &str,
-    step: usize,
-) -> Decision {
-    let managers = capi::field_managers(obj, path);
-    let by = if managers.is_empty() {
-        "a writer that left no managedFields entry".to_string()
-    } else {
-        format!("field manager {}", managers.join(", "))
-    };
-    stall(
-        "ClusterChangedOutside",
-        format!(
-            "{kind} {} {} was changed to {found:?} by {by} while step {step} runs (it must stay {expected:?}); restore {expected:?}, or stop the tool that reverts it (see spec.gitops), and the step continues",
-            capi::name(obj),
-            path.join("."),
-        ),
-    )
-}
-
-/// Before step `index` starts: the objects whose declared version is neither what the finished
-/// steps left nor what this step writes, with the field manager that wrote it.
-fn outside_details(
-    status: &UpgradeRequestStatus,
-    index: usize,
-    obs: &Observed,
-    kcp: &Value,
-) -> Vec<String> {
-    let step = &status.plan[index];
-    let mut out = Vec::new();
-    let describe = |obj: &Value, kind: &str, path: &[&str], found: &str, want: &str| {
-        let managers = capi::field_managers(obj, path);
-        format!(
-            "{kind} {} {} is {found:?}, the plan expects {want:?}{}",
-            capi::name(obj),
-            path.join("."),
-            if managers.is_empty() {
-                String::new()
-            } else {
-                format!(", written by field manager {}", managers.join(", "))
-            }
-        )
-    };
-    let cp_before = status.plan[..index]
-        .iter()
-        .rev()
-        .find(|s| s.kind == PlanStepKind::ControlPlane)
-        .map(|s| s.kubernetes_version.clone())
-        .or_else(|| status.current.as_ref().map(|c| c.control_plane.clone()));
-    let declared = capi::kcp_version(kcp).unwrap_or("");
-    let landed = step.kind == PlanStepKind::ControlPlane && declared == step.kubernetes_version;
-    if let Some(want) = cp_before
-        && declared != want
-        && !landed
-    {
-        out.push(describe(
-            kcp,
-            "KubeadmControlPlane",
-            &["spec", "version"],
-            declared,
-            &want,
-        ));
-    }
-    for md in &obs.mds {
-        let name = capi::name(md);
-        let declared = capi::md_version(md).unwrap_or("");
-        let in_step = step.kind == PlanStepKind::Workers && step.pools.iter().any(|p| p == name);
-        match pool_version_before(status, index, name) {
-            None => out.push(format!(
-                "MachineDeployment {name} appeared after the plan was made"
-            )),
-            Some(want) if declared != want && !(in_step && declared == step.kubernetes_version) => {
-                out.push(describe(
-                    md,
-                    "MachineDeployment",
-                    &["spec", "template", "spec", "version"],
-                    declared,
-                    &want,
-                ))
-            }
-            Some(_) => {}
-        }
-    }
-    out
-}
-
-fn in_progress_step(
-    spec: &UpgradeRequestSpec,
-    status: &UpgradeRequestStatus,
-    obs: &Observed,
-    kcp: &Value,
-    index: usize,
-    now: Timestamp,
-) -> Decision {
-    let step = &status.plan[index];
-    let number = index + 1;
-    let version = step.kubernetes_version.as_str();
-    // Someone else's write to what this step wrote stops the request at once (DESIGN.md
-    // "GitOps"), instead of waiting out the rollout timeout.
-    let kcp_version = capi::kcp_version(kcp).unwrap_or("");
-    if kcp_version != version {
-        return changed_outside(
-            kcp,
-            "KubeadmControlPlane",
-            &["spec", "version"],
-            kcp_version,
-            version,
-            number,
-        );
-    }
-    if step.kind == PlanStepKind::ControlPlane
-        && let Some(row) = obs.matrix.as_ref().and_then(|m| {
-            m.spec
-                .rows
-                .iter()
-                .find(|r| r.distribution_version == step.distribution_version)
-        })
-    {
-        for (path, want) in [
-            (capi::KCP_DNS_TAG_PATH, &row.core_dns_image_tag),
-            (capi::KCP_ETCD_TAG_PATH, &row.etcd_image_tag),
-        ] {
-            let got = capi::str_at(kcp, path).unwrap_or("");
-            if got != want {
-                return changed_outside(kcp, "KubeadmControlPlane", path, got, want, number);
-            }
-        }
-    }
-    let elapsed = now.duration_since(step.started_at.as_ref().map_or(now, |t| t.0));
-    // Clock skew can put startedAt in the future; that is no time spent.
-    let elapsed = Duration::try_from(elapsed).unwrap_or(Duration::ZERO);
-    let (pending, timeout) = match step.kind {
-        PlanStepKind::ControlPlane => (
-            control_plane_pending(obs, kcp, version),
-            spec.timeouts.control_plane.get().unwrap_or(MAX_TIMEOUT),
-        ),
-        PlanStepKind::Workers => {
-            let mut pending = Vec::new();
-            let mut rolling = 0usize;
-            let mut waiting = Vec::new();
-            for pool in &step.pools {
-                let Some(md) = obs.mds.iter().find(|md| capi::name(md) == pool) else {
-                    return stall(
-                        "PoolNotFound",
-                        format!(
-                            "MachineDeployment {pool} of step {number} no longer exists; recreate it, or delete this request and create a new one"
-                        ),
-                    );
-                };
-                let declared = capi::md_version(md).unwrap_or("");
-                if declared != version {
-                    let before = pool_version_before(status, index, pool);
-                    if before.as_deref() != Some(declared) {
-                        return changed_outside(
-                            md,
-                            "MachineDeployment",
-                            &["spec", "template", "spec", "version"],
-                            declared,
-                            before.as_deref().unwrap_or(version),
-                            number,
-                        );
-                    }
-                    waiting.push(pool.clone());
-                    continue;
-                }
-                let why = pool_pending(obs, md, version);
-                if !why.is_empty() {
-                    rolling += 1;
-                    pending.extend(why);
-                }
-            }
-            let concurrency = spec.workers.max_concurrent_pools.clamp(1, 50) as usize;
-            let capacity = concurrency.saturating_sub(rolling);
-            if !waiting.is_empty() && capacity > 0 {
-                return Decision::Start {
-                    index,
-                    pools: waiting.into_iter().take(capacity).collect(),
-                };
-            }
-            pending.extend(
-                waiting
+    if scope == Scope::Initial {
+        let patches = pobs
+            .workload
+            .as_ref()
+            .map(|w| w.resource_patches.as_slice())
+            .unwrap_or_default();
+        let current_row = obs
+            .cvsh
+            .as_ref()
+            .and_then(crate::platform::current_version)
+            .and_then(|v| {
+                matrix
+                    .spec
+                    .rows
                     .iter()
-                    .map(|p| format!("{p}: not started (waiting for a free slot)")),
-            );
-            let batches = step.pools.len().div_ceil(concurrency).max(1);
-            let per_pool = spec.timeouts.worker_pool.get().unwrap_or(MAX_TIMEOUT);
-            let batches = u32::try_from(batches).unwrap_or(u32::MAX);
-            (
-                pending,
-                per_pool.checked_mul(batches).unwrap_or(Duration::MAX),
-            )
-        }
+                    .find(|r| crate::platform::same_version(&r.distribution_version, v))
+            });
+        status.review = Some(preflight::review::review(
+            patches,
+            current_row,
+            row,
+            &spec.acknowledgements,
+        ));
+    }
+}
+
+/// One reconcile's decision: [`decide`] over the bookkeeping transitions (each applied to a
+/// copy of the stored status) until it reaches a write, a wait or a stop.
+pub fn pass(
+    spec: &UpgradeRequestSpec,
+    stored: &UpgradeRequestStatus,
+    obs: &Observed,
+    now: Timestamp,
+) -> Decided {
+    let mut status = stored.clone();
+    let done = |status: UpgradeRequestStatus, write: Option<Write>, outcome: Outcome| Decided {
+        status,
+        write,
+        outcome,
     };
-    if pending.is_empty() {
-        return Decision::StepDone { index };
+    // Each transition records progress that lets the next decision go further; a plan of n
+    // steps needs at most n + 4 of them.
+    for _ in 0..status.plan.len().max(16) + 4 {
+        if let Some(scope) = preflight_scope(&status) {
+            match &obs.preflight {
+                Some(pobs) if pobs.scope == scope => {
+                    record_preflight(&mut status, spec, obs, pobs, scope, now);
+                }
+                // Its inputs were read for another scope (or not at all): the next pass
+                // reads them.
+                _ => return done(status, None, Outcome::PreflightDue(scope)),
+            }
+        }
+        match decide(spec, &status, obs, now) {
+            Decision::Stall(s) => {
+                if !plan_frozen(&status)
+                    && let Some(c) = preflight::from_plan_error(s.reason.as_str(), &s.message)
+                {
+                    status.preflight = Some(PreflightStatus {
+                        observed_at: Time(now),
+                        scope: Scope::Initial.label(),
+                        checks: vec![c],
+                    });
+                }
+                return done(status, None, Outcome::Stalled(s));
+            }
+            Decision::ClusterPaused { message } => {
+                return done(status, None, Outcome::ClusterPaused(message));
+            }
+            Decision::SetPlan {
+                steps,
+                current,
+                target,
+            } => {
+                let n = steps.len();
+                status.plan = steps;
+                status.current = Some(ClusterVersions {
+                    control_plane: current.control_plane,
+                    pools: current
+                        .pools
+                        .into_iter()
+                        .map(|p| PoolStatus {
+                            name: p.name,
+                            version: p.version,
+                        })
+                        .collect(),
+                });
+                status::push_history(
+                    &mut status,
+                    now,
+                    format!(
+                        "planned {n} steps to {} (Kubernetes {})",
+                        target.distribution_version, target.kubernetes_version
+                    ),
+                );
+                status.target = Some(target);
+            }
+            Decision::Blocked { scope } => return done(status, None, Outcome::Blocked(scope)),
+            Decision::AwaitAcknowledgement { .. } => {
+                return done(status, None, Outcome::AwaitingAcknowledgement);
+            }
+            Decision::RequestExtensions { version, write } => {
+                let w = Write::RequestExtensions { version, write };
+                return done(status, Some(w), Outcome::UpgradingExtensions);
+            }
+            Decision::ExtensionsDone => {
+                let ext = status
+                    .aligned_extensions
+                    .get_or_insert_with(Default::default);
+                ext.state = Some(StepState::Succeeded);
+                ext.finished_at = Some(Time(now));
+                if ext.version.is_none() {
+                    ext.version = status
+                        .target
+                        .as_ref()
+                        .map(|t| t.distribution_version.clone());
+                }
+                if let Some(cvsh) = &obs.cvsh {
+                    status::mirror_extensions(&mut status, cvsh);
+                }
+                let msg = format!(
+                    "Phase 1 finished: {} reports the target and Ready",
+                    obs.cvsh_where
+                );
+                status::push_history(&mut status, now, msg);
+            }
+            Decision::Succeeded => return done(status, None, Outcome::Succeeded),
+            Decision::Paused => return done(status, None, Outcome::Paused),
+            Decision::Start { index, pools } => {
+                let w = Write::Start { index, pools };
+                let recheck = Duration::from_secs(30);
+                return done(status, Some(w), Outcome::Upgrading { recheck });
+            }
+            Decision::StepDone { index } => {
+                let step = &mut status.plan[index];
+                step.state = StepState::Succeeded;
+                step.finished_at = Some(Time(now));
+                let msg = format!(
+                    "step {}: {:?} to Kubernetes {} finished",
+                    index + 1,
+                    step.kind,
+                    step.kubernetes_version
+                );
+                status::push_history(&mut status, now, msg);
+            }
+            Decision::Wait { recheck, .. } => {
+                // Phase 1 under way: the cvsh's progress is mirrored into status.
+                if phase_one::running(&status) {
+                    if let Some(cvsh) = &obs.cvsh {
+                        status::mirror_extensions(&mut status, cvsh);
+                    }
+                    return done(status, None, Outcome::UpgradingExtensions);
+                }
+                let recheck = Duration::try_from(recheck)
+                    .unwrap_or(Duration::from_secs(300))
+                    .clamp(Duration::from_secs(1), Duration::from_secs(300));
+                return done(status, None, Outcome::Upgrading { recheck });
+            }
+        }
     }
-    if elapsed > timeout {
-        return stall(
-            "RolloutTimeout",
-            format!(
-                "step {number} ({:?} to {version}) has not finished after {}s (timeout {}s): {}",
-                step.kind,
-                elapsed.as_secs(),
-                timeout.as_secs(),
-                pending.join("; ")
-            ),
-        );
-    }
-    let left = timeout
-        .saturating_sub(elapsed)
-        .min(Duration::from_secs(300));
-    Decision::Wait {
-        index,
-        recheck: SignedDuration::try_from(left).unwrap_or(SignedDuration::from_secs(300)),
-    }
+    let recheck = Duration::from_secs(1);
+    done(status, None, Outcome::Upgrading { recheck })
 }
 
 #[cfg(test)]
@@ -849,8 +654,12 @@ mod tests {
         CheckName, CheckState, ExtensionsStatus, MatrixRow, Modification, OSSupportMatrixSpec,
         PreflightCheck, PreflightStatus, ReviewStatus,
     };
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-    use serde_json::json;
+    use serde::de::DeserializeOwned;
+    use serde_json::{Value, json};
+
+    fn typed<T: DeserializeOwned>(v: Value) -> T {
+        serde_json::from_value(v).unwrap()
+    }
 
     fn row(dv: &str, k8s: &str) -> MatrixRow {
         serde_json::from_value(json!({
@@ -877,12 +686,12 @@ mod tests {
             "status": {"conditions": [{"type": "NodeHealthy", "status": "True"}]},
         });
         Observed {
-            cluster: Some(json!({"metadata": {"name": "c"}})),
-            kcp: Some(kcp),
-            mds: vec![
+            cluster: Some(typed(json!({"metadata": {"name": "c"}}))),
+            kcp: Some(typed(kcp)),
+            mds: vec![typed(
                 json!({"metadata": {"name": "pool"}, "spec": {"template": {"spec": {"version": pool}}}}),
-            ],
-            machines: vec![machine],
+            )],
+            machines: vec![typed(machine)],
             matrix: Some(OSSupportMatrix::new(
                 "default",
                 OSSupportMatrixSpec {
@@ -1194,7 +1003,7 @@ mod tests {
         match d {
             Decision::Stall(s) => {
                 assert!(!s.message.is_empty());
-                s.reason
+                s.reason.to_string()
             }
             other => panic!("expected a stall, got {other:?}"),
         }
@@ -1205,8 +1014,8 @@ mod tests {
         let now = Timestamp::UNIX_EPOCH;
         let status = UpgradeRequestStatus::default();
         let mut o = obs("v1.32.7", "v1.32.7", true);
-        o.cluster.as_mut().unwrap()["spec"]["topology"] =
-            json!({"class": "c", "version": "v1.32.7"});
+        o.cluster.as_mut().unwrap().spec.topology =
+            Some(json!({"class": "c", "version": "v1.32.7"}));
         assert_eq!(
             stall_reason(decide(&spec(false), &status, &o, now)),
             "ClusterClassManaged"
@@ -1218,15 +1027,21 @@ mod tests {
             "MachinePoolsUnsupported"
         );
         let mut o = obs("v1.32.7", "v1.32.7", true);
-        o.kcp.as_mut().unwrap()["metadata"]["labels"]["cluster.x-k8s.io/cluster-name"] =
-            json!("other");
+        o.kcp
+            .as_mut()
+            .unwrap()
+            .metadata
+            .labels
+            .get_or_insert_default()
+            .insert("cluster.x-k8s.io/cluster-name".into(), "other".into());
         assert_eq!(
             stall_reason(decide(&spec(false), &status, &o, now)),
             "ControlPlaneNotOwned"
         );
         let mut o = obs("v1.32.7", "v1.32.7", true);
-        o.mds[0]["spec"]["template"]["spec"]["bootstrap"] =
-            json!({"configRef": {"apiVersion": "v1", "kind": "Secret", "name": "x"}});
+        o.mds[0].spec.template.spec.bootstrap.config_ref = Some(typed(
+            json!({"apiVersion": "v1", "kind": "Secret", "name": "x"}),
+        ));
         assert_eq!(
             stall_reason(decide(&spec(false), &status, &o, now)),
             "ReferenceRefused"
@@ -1241,7 +1056,7 @@ mod tests {
     #[test]
     fn a_paused_cluster_gets_no_write_and_no_timeout() {
         let mut o = obs("v1.32.7", "v1.32.7", true);
-        o.cluster.as_mut().unwrap()["spec"]["paused"] = json!(true);
+        o.cluster.as_mut().unwrap().spec.paused = Some(true);
         let status = planned(&o, 1);
         assert!(matches!(
             decide(&spec(false), &status, &o, Timestamp::UNIX_EPOCH),
@@ -1268,9 +1083,9 @@ mod tests {
         status.plan[0].started_at = Some(Time(Timestamp::UNIX_EPOCH));
         // The KCP went back to 1.32 (someone's revert) while step 1 rolls it to 1.33.
         let mut reverted = obs("v1.32.7", "v1.32.7", true);
-        reverted.kcp.as_mut().unwrap()["metadata"]["managedFields"] = json!([
+        reverted.kcp.as_mut().unwrap().metadata.managed_fields = typed(json!([
             {"manager": "kustomize-controller", "operation": "Apply", "fieldsV1": {"f:spec": {"f:version": {}}}},
-        ]);
+        ]));
         let Decision::Stall(s) = decide(&spec(false), &status, &reverted, Timestamp::UNIX_EPOCH)
         else {
             panic!("expected a stall");
@@ -1286,8 +1101,15 @@ mod tests {
         }
         // The CoreDNS tag this step wrote, changed by hand.
         let mut retagged = obs("v1.33.7", "v1.32.7", false);
-        retagged.kcp.as_mut().unwrap()["spec"]["kubeadmConfigSpec"]["clusterConfiguration"]["dns"]
-            ["imageTag"] = json!("1.11.1");
+        retagged
+            .kcp
+            .as_mut()
+            .unwrap()
+            .spec
+            .kubeadm_config_spec
+            .cluster_configuration
+            .dns
+            .image_tag = Some("1.11.1".into());
         let Decision::Stall(s) = decide(&spec(false), &status, &retagged, Timestamp::UNIX_EPOCH)
         else {
             panic!("expected a stall");

@@ -1,0 +1,221 @@
+//! Apply: every write this controller makes to objects other than its own status — the hop's
+//! template clones ([`templates`]) and the server-side-apply writes to KubeadmControlPlane and
+//! MachineDeployments (DOMAIN.md §3), the one write to the cluster's ClusterVersionShadow
+//! (DOMAIN.md §2), the request's finalizer and the note left on the Cluster when a request is
+//! deleted ([`finalizer`]). A problem only a person can fix comes back as [`Error::Stall`].
+
+pub mod finalizer;
+mod templates;
+
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::{Client, ResourceExt};
+use serde::Serialize;
+use tracing::info;
+
+use crate::FIELD_MANAGER;
+use crate::api::{PlanStepKind, UpgradeRequest, UpgradeRequestStatus};
+use crate::capi;
+use crate::decide::Write;
+use crate::error::{Error, Stall, StallReason};
+use crate::observe::Observed;
+use crate::platform::CvshConfig;
+use crate::version::KubeVersion;
+
+/// Server-side applies a partial object (`api_version`/`kind` name its resource) under this
+/// controller's field manager.
+pub(crate) async fn apply<T: Serialize + std::fmt::Debug>(
+    client: &Client,
+    ns: &str,
+    api_version: &str,
+    kind: &str,
+    name: &str,
+    obj: &T,
+) -> Result<(), Error> {
+    let ar = capi::api_resource(api_version, kind);
+    let api = Api::<DynamicObject>::namespaced_with(client.clone(), ns, &ar);
+    api.patch(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(obj),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Carries out `write`.
+pub async fn execute(
+    client: &Client,
+    cvsh: &CvshConfig,
+    ur: &UpgradeRequest,
+    status: &UpgradeRequestStatus,
+    obs: &Observed,
+    write: &Write,
+) -> Result<(), Error> {
+    match write {
+        Write::RequestExtensions { version, write } => {
+            if *write {
+                let ns = ur.namespace().unwrap_or_default();
+                let name = cvsh
+                    .name_for(&ns, &ur.spec.cluster_name)
+                    .map_err(|u| Stall::new(StallReason::from_unmapped(&u), u.message))?;
+                info!(cvsh = %obs.cvsh_where, version, "requesting the Distribution Version");
+                request_extensions(client, cvsh, &name, version).await?;
+            }
+            Ok(())
+        }
+        Write::Start { index, pools } => start_step(client, ur, status, obs, *index, pools).await,
+    }
+}
+
+/// Phase 1's one write: `spec.desiredUpdate.version` of the cluster's cvsh `name`, by
+/// server-side apply so only that field is ours.
+async fn request_extensions(
+    client: &Client,
+    cvsh: &CvshConfig,
+    name: &str,
+    version: &str,
+) -> Result<(), Error> {
+    let obj = cvsh.desired_update(name, version);
+    let api =
+        Api::<DynamicObject>::namespaced_with(client.clone(), &cvsh.namespace, &cvsh.resource);
+    api.patch(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&obj),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Step `index`'s writes for `pools` (or the control plane).
+async fn start_step(
+    client: &Client,
+    ur: &UpgradeRequest,
+    status: &UpgradeRequestStatus,
+    obs: &Observed,
+    index: usize,
+    pools: &[String],
+) -> Result<(), Error> {
+    let ns = ur.namespace().unwrap_or_default();
+    let step = &status.plan[index];
+    let (Some(cluster), Some(kcp), Some(matrix)) = (&obs.cluster, &obs.kcp, &obs.matrix) else {
+        return Err(Stall::new(
+            StallReason::ClusterNotFound,
+            "the Cluster, its KubeadmControlPlane or the matrix disappeared while the step started",
+        )
+        .into());
+    };
+    let Some(row) = matrix
+        .spec
+        .rows
+        .iter()
+        .find(|r| r.distribution_version == step.distribution_version)
+    else {
+        return Err(Stall::new(
+            StallReason::MissingMatrixRow,
+            format!(
+                "row {} left the matrix during the upgrade",
+                step.distribution_version
+            ),
+        )
+        .into());
+    };
+    let version = step.kubernetes_version.as_str();
+    let minor = KubeVersion::parse(version)
+        .map(|v| v.minor())
+        .unwrap_or((1, 0));
+    let owner = capi::owner_reference(cluster);
+    match step.kind {
+        PlanStepKind::ControlPlane => {
+            let Some(source) = kcp.infrastructure_ref() else {
+                return Err(Stall::new(
+                    StallReason::TemplateNotFound,
+                    "the KubeadmControlPlane names no infrastructure template",
+                )
+                .into());
+            };
+            let tref = templates::ensure_clone(
+                client,
+                &ns,
+                source,
+                version,
+                &step.os_image,
+                &owner,
+                kcp.is_v1beta2(),
+            )
+            .await?;
+            let write = capi::kcp_apply(
+                kcp,
+                version,
+                minor,
+                &row.core_dns_image_tag,
+                &row.etcd_image_tag,
+                tref,
+            );
+            info!(
+                kcp = capi::name(&kcp.metadata),
+                version, "patching KubeadmControlPlane"
+            );
+            apply(
+                client,
+                &ns,
+                &write.api_version,
+                &write.kind,
+                &write.metadata.name,
+                &write,
+            )
+            .await
+        }
+        PlanStepKind::Workers => {
+            for pool in pools {
+                let Some(md) = obs.mds.iter().find(|m| capi::name(&m.metadata) == pool) else {
+                    return Err(Stall::new(
+                        StallReason::PoolNotFound,
+                        format!("MachineDeployment {pool} no longer exists"),
+                    )
+                    .into());
+                };
+                let template = &md.spec.template.spec;
+                let tref = templates::ensure_clone(
+                    client,
+                    &ns,
+                    &template.infrastructure_ref,
+                    version,
+                    &step.os_image,
+                    &owner,
+                    md.is_v1beta2(),
+                )
+                .await?;
+                let bootstrap = match (
+                    &template.bootstrap.config_ref,
+                    capi::needs_kubelet_patch(minor),
+                ) {
+                    (Some(source), true) => Some(
+                        templates::ensure_bootstrap_clone(
+                            client,
+                            &ns,
+                            source,
+                            version,
+                            &owner,
+                            md.is_v1beta2(),
+                        )
+                        .await?,
+                    ),
+                    _ => None,
+                };
+                let write = capi::md_apply(md, version, tref, bootstrap);
+                info!(pool, version, "patching MachineDeployment");
+                apply(
+                    client,
+                    &ns,
+                    &write.api_version,
+                    &write.kind,
+                    &write.metadata.name,
+                    &write,
+                )
+                .await?;
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,127 @@
+//! The preflight as a whole: every check of a scope, skips, and the safety checks.
+
+use super::test_support::*;
+use super::*;
+use crate::api::CheckName;
+
+#[test]
+fn a_healthy_cluster_passes_every_initial_check() {
+    let target = row("4.3.2", "v1.34.5-3", &["4.0", "4.1", "4.2"]);
+    let checks = run_all(
+        &spec(&[]),
+        &target,
+        &cvsh("4.0.11"),
+        &[machine("v1.31.14-2", true)],
+        &pobs(),
+    );
+    assert_eq!(checks.len(), checks_for(Scope::Initial).len());
+    for c in checks.values() {
+        assert_eq!(c.state, CheckState::Passed, "{c:?}");
+    }
+}
+
+#[test]
+fn each_unmet_prerequisite_fails_its_own_check() {
+    let target = row("4.3.2", "v1.34.5-3", &["4.1", "4.2"]);
+    let mut obs = pobs();
+    obs.globals = vec![
+        ("global".into(), Ok(Some(cvsh("4.3.2")))),
+        ("standby".into(), Ok(Some(cvsh("4.2.5")))),
+    ];
+    obs.other_requests = vec![contender("older", "2026-11-21T09:00:00Z", false)];
+    let checks = run_all(
+        &spec(&[]),
+        &target,
+        &cvsh("4.0.11"),
+        &[machine("v1.31.14-2", false)],
+        &obs,
+    );
+    let failed = |n: CheckName| checks[&n].state == CheckState::Failed;
+    assert!(
+        failed(CheckName::UpgradePathSupported),
+        "4.0 is not in [4.1, 4.2]"
+    );
+    assert!(
+        checks[&CheckName::GlobalTierAtTarget]
+            .message
+            .contains("standby is at 4.2.5")
+    );
+    assert!(failed(CheckName::NodesReady));
+    assert!(
+        checks[&CheckName::NodesReady]
+            .message
+            .contains("m-1 (node-1)")
+    );
+    assert!(failed(CheckName::SingleActiveRequest));
+    assert!(!failed(CheckName::NotADowngrade));
+    // A finished older request no longer holds the cluster; a younger one never does.
+    obs.other_requests[0].finished = true;
+    obs.other_requests
+        .push(contender("younger", "2026-11-21T11:00:00Z", false));
+    let checks = run_all(&spec(&[]), &target, &cvsh("4.1.6"), &[], &obs);
+    assert_eq!(
+        checks[&CheckName::SingleActiveRequest].state,
+        CheckState::Passed
+    );
+}
+
+#[test]
+fn skipped_checks_are_recorded_not_run() {
+    let target = row("4.3.2", "v1.34.5-3", &["4.0"]);
+    let mut obs = pobs();
+    obs.workload = Err(WorkloadUnavailable {
+        reason: "WorkloadAPIUnreachable",
+        message: "connection refused".into(),
+    });
+    let checks = run_all(
+        &spec(&["NodesReady", "ControlPlaneHealthy"]),
+        &target,
+        &cvsh("4.0.11"),
+        &[machine("v1.31.14-2", false)],
+        &obs,
+    );
+    assert_eq!(checks[&CheckName::NodesReady].state, CheckState::Skipped);
+    assert_eq!(
+        checks[&CheckName::ControlPlaneHealthy].state,
+        CheckState::Skipped
+    );
+    assert!(blocking(&checks.into_values().collect::<Vec<_>>()).is_empty());
+}
+
+#[test]
+fn safety_checks_run_even_when_skip_lists_them() {
+    // An object stored under an older CRD may still list them.
+    let target = row("4.3.2", "v1.34.5-3", &["4.1"]);
+    let mut obs = pobs();
+    obs.globals = vec![("global".into(), Ok(Some(cvsh("4.2.5"))))];
+    obs.other_requests = vec![contender("older", "2026-11-21T09:00:00Z", true)];
+    let all_safety = [
+        "TargetRowExists",
+        "UpgradePathSupported",
+        "NotADowngrade",
+        "KubernetesVersionsCompatible",
+        "GlobalTierAtTarget",
+        "WorkloadBelowGlobal",
+        "SingleActiveRequest",
+        "PlatformPreflight",
+    ];
+    let checks = run_all(
+        &spec(&all_safety),
+        &target,
+        &cvsh("4.0.11"),
+        &[machine("v1.31.14-2", true)],
+        &obs,
+    );
+    for name in [
+        CheckName::UpgradePathSupported,
+        CheckName::GlobalTierAtTarget,
+        CheckName::SingleActiveRequest,
+    ] {
+        assert_eq!(checks[&name].state, CheckState::Failed, "{name:?}");
+    }
+    assert!(
+        checks
+            .values()
+            .all(|c| c.state != CheckState::Skipped || c.name.skippable())
+    );
+}
