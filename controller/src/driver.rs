@@ -33,6 +33,7 @@ use crate::apply::{self, finalizer};
 use crate::capi::{self, Cluster, KubeadmControlPlane, Machine, MachineDeployment, MachinePool};
 use crate::decide::{self, Outcome, Write};
 use crate::error::{self, Error, Stall};
+use crate::metrics::{self, Metrics};
 use crate::observe::inputs::{Claims, Sources, Standby};
 use crate::observe::workload::WorkloadClients;
 use crate::observe::{Caches, ClusterKey, Observed, cache};
@@ -50,6 +51,8 @@ pub struct RunOptions {
     pub standby: Option<Standby>,
     /// Requests reconciled at the same time.
     pub concurrency: u16,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served (`None`: not served).
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 pub struct Context {
@@ -62,6 +65,7 @@ pub struct Context {
     /// The resourceVersion of each request's last status write by this process: a cached
     /// request older than that is read again before deciding.
     written: Mutex<HashMap<String, String>>,
+    pub metrics: Arc<Metrics>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -80,6 +84,7 @@ impl Context {
             failures: Mutex::default(),
             clusters: Mutex::default(),
             written: Mutex::default(),
+            metrics: Arc::default(),
         }
     }
 
@@ -114,7 +119,7 @@ impl Context {
 
 /// The status write: server-side apply of the whole status under this controller's field
 /// manager, so a list that became empty (a plan re-made to no steps) is emptied on the server.
-/// Returns the request's new resourceVersion.
+/// Returns the request's new resourceVersion; `None` when the request is gone.
 async fn write_status(
     api: &Api<UpgradeRequest>,
     name: &str,
@@ -133,7 +138,7 @@ async fn write_status(
         )
         .await
     {
-        Ok(written) => Ok(written.resource_version()),
+        Ok(written) => Ok(Some(written.resource_version().unwrap_or_default())),
         // Deleted since it was read: nothing left to record.
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(None),
         Err(e) => Err(e.into()),
@@ -226,7 +231,15 @@ async fn publish_changes(
 #[instrument(skip_all, fields(request = %ur.name_any(), namespace = ur.namespace().unwrap_or_default()))]
 pub async fn reconcile(ur: Arc<UpgradeRequest>, ctx: Arc<Context>) -> Result<Action, Error> {
     let key = ObjectRef::from_obj(ur.as_ref());
-    match error::contain(reconcile_request(&ur, &ctx)).await {
+    let started = std::time::Instant::now();
+    let result = error::contain(reconcile_request(&ur, &ctx)).await;
+    ctx.metrics.reconciled(
+        &ur.namespace().unwrap_or_default(),
+        &ur.name_any(),
+        started.elapsed(),
+        result.as_ref().err().map(Error::reason),
+    );
+    match result {
         Ok(action) => {
             lock(&ctx.failures).remove(&key);
             Ok(action)
@@ -492,6 +505,18 @@ async fn reconcile_request(cached: &UpgradeRequest, ctx: &Context) -> Result<Act
     if let Some(write) = &decided.write {
         match apply::execute(&sources.client, &sources.cvsh, ur, &status, &obs, write).await {
             Ok(()) => {
+                match write {
+                    // Found asking for the target already: recorded, nothing written.
+                    Write::RequestExtensions { write: false, .. } => {}
+                    Write::RequestExtensions { .. } => ctx.metrics.wrote("ClusterVersionShadow"),
+                    Write::Start { index, .. } => {
+                        ctx.metrics
+                            .wrote(match status.plan.get(*index).map(|s| s.kind) {
+                                Some(PlanStepKind::ControlPlane) => "ControlPlane",
+                                _ => "Workers",
+                            })
+                    }
+                }
                 status::record_write(&mut status, write, now, &obs.cvsh_where);
                 if matches!(write, Write::RequestExtensions { .. }) {
                     sources.claims.claim(key.clone(), uid.clone());
@@ -506,9 +531,12 @@ async fn reconcile_request(cached: &UpgradeRequest, ctx: &Context) -> Result<Act
     }
     status::summarize(&mut status, &outcome, generation, now);
     if status != stored {
-        if let Some(rv) = write_status(&requests, &ur.name_any(), &status).await? {
-            lock(&ctx.written).insert(uid, rv);
-        }
+        let Some(rv) = write_status(&requests, &ur.name_any(), &status).await? else {
+            // Deleted since it was read: nothing to record, nobody to tell.
+            return Ok(Action::await_change());
+        };
+        lock(&ctx.written).insert(uid, rv);
+        ctx.metrics.steps_finished(&stored, &status);
         publish_changes(ctx, ur, &stored, &status).await;
     }
     if let Outcome::Stalled(s) = &outcome {
@@ -835,6 +863,15 @@ pub async fn run(client: Client, opts: RunOptions) -> anyhow::Result<()> {
         claims: Claims::default(),
     };
     let ctx = Arc::new(Context::new(sources));
+    if let Some(addr) = opts.metrics_addr {
+        let (bound, server) = metrics::serve(addr, ctx.metrics.clone(), caches.clone()).await?;
+        info!(address = %bound, "serving /metrics, /healthz and /readyz");
+        tokio::spawn(async move {
+            if let Err(e) = server.await {
+                warn!("the metrics server stopped: {e}");
+            }
+        });
+    }
     info!(
         namespace = opts.namespace.as_deref().unwrap_or("*"),
         concurrency = opts.concurrency,

@@ -23,6 +23,7 @@ pub mod crd;
 pub mod decide;
 pub mod driver;
 pub mod error;
+pub mod metrics;
 pub mod observe;
 pub mod platform;
 pub mod preflight;

@@ -44,6 +44,10 @@ enum Command {
         /// Requests reconciled at the same time (1–64).
         #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
         concurrency: u16,
+        /// Address of `/metrics`, `/healthz` and `/readyz` (`host:port`; port 0 picks a free
+        /// one, logged at start; `0` alone turns them off).
+        #[arg(long, default_value = "0.0.0.0:8080")]
+        metrics_bind_address: String,
         #[command(flatten)]
         platform: PlatformArgs,
     },
@@ -253,8 +257,17 @@ async fn main() -> anyhow::Result<()> {
             namespace,
             capi_api_version,
             concurrency,
+            metrics_bind_address,
             platform,
         } => {
+            let metrics_addr = match metrics_bind_address.as_str() {
+                "0" => None,
+                addr => Some(addr.parse().with_context(|| {
+                    format!(
+                        "--metrics-bind-address {addr:?}: want host:port such as 0.0.0.0:8080, or 0"
+                    )
+                })?),
+            };
             let mut config = kube::Config::infer().await?;
             // Every request says who sent it (API server audit logs, metrics by user agent).
             config
@@ -297,6 +310,7 @@ async fn main() -> anyhow::Result<()> {
                     cvsh,
                     standby,
                     concurrency,
+                    metrics_addr,
                 },
             )
             .await

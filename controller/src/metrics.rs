@@ -211,10 +211,10 @@ impl Metrics {
         let mut present = HashSet::new();
         for ur in caches.requests.all() {
             let status = ur.status.clone().unwrap_or_default();
-            let phase = status.phase.map_or("None".to_string(), |p| format!("{p:?}"));
-            self.requests
-                .get_or_create(&PhaseLabels { phase })
-                .inc();
+            let phase = status
+                .phase
+                .map_or("None".to_string(), |p| format!("{p:?}"));
+            self.requests.get_or_create(&PhaseLabels { phase }).inc();
             let labels = RequestLabels {
                 namespace: ur.metadata.namespace.clone().unwrap_or_default(),
                 name: ur.metadata.name.clone().unwrap_or_default(),
@@ -283,7 +283,7 @@ struct Served {
     caches: Caches,
 }
 
-async fn metrics(State(s): State<Served>) -> impl IntoResponse {
+async fn exposition(State(s): State<Served>) -> impl IntoResponse {
     (
         [(
             header::CONTENT_TYPE,
@@ -324,7 +324,7 @@ pub async fn serve(
         .map_err(|e| anyhow::anyhow!("--metrics-bind-address {addr}: {e}"))?;
     let bound = listener.local_addr()?;
     let app = Router::new()
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(exposition))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(Served {
@@ -356,7 +356,9 @@ mod tests {
         );
         let text = m.render(&caches);
         assert!(text.contains("upgrade_controller_reconcile_duration_seconds_count 2"));
-        assert!(text.contains("upgrade_controller_reconcile_failures_total{reason=\"Forbidden\"} 1"));
+        assert!(
+            text.contains("upgrade_controller_reconcile_failures_total{reason=\"Forbidden\"} 1")
+        );
         assert!(text.contains("upgrade_controller_requests{phase=\"Stalled\"} 0"));
         // The request is not in the (empty) cache: its series is gone.
         assert!(!text.contains("name=\"a\""), "{text}");

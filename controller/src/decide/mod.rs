@@ -66,6 +66,8 @@ pub enum Decision {
     Wait {
         index: usize,
         recheck: SignedDuration,
+        /// What the running step waits for (the gate's unmet criteria), for its status.
+        waiting_for: Vec<String>,
     },
 }
 
@@ -620,6 +622,7 @@ pub fn pass(
                 let step = &mut status.plan[index];
                 step.state = StepState::Succeeded;
                 step.finished_at = Some(Time(now));
+                step.message = None;
                 let msg = format!(
                     "step {}: {:?} to Kubernetes {} finished",
                     index + 1,
@@ -628,7 +631,18 @@ pub fn pass(
                 );
                 status::push_history(&mut status, now, msg);
             }
-            Decision::Wait { recheck, .. } => {
+            Decision::Wait {
+                index,
+                recheck,
+                waiting_for,
+            } => {
+                // A running step says what it waits for (`kubectl get -o yaml`, describe).
+                if let Some(step) = status.plan.get_mut(index)
+                    && step.state == StepState::InProgress
+                {
+                    step.message = (!waiting_for.is_empty())
+                        .then(|| format!("waiting for: {}", waiting_for.join("; ")));
+                }
                 // Phase 1 under way: the cvsh's progress is mirrored into status.
                 if phase_one::running(&status) {
                     if let Some(cvsh) = &obs.cvsh {

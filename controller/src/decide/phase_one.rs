@@ -32,6 +32,7 @@ pub(super) fn phase_one(
     let wait = Decision::Wait {
         index: 0,
         recheck: SignedDuration::from_secs(5),
+        waiting_for: Vec::new(),
     };
     let stall = |reason, message: String| Some(Decision::Stall(Stall::new(reason, message)));
     let requested = ext.requested_at.is_some();

@@ -122,19 +122,22 @@ pub(super) fn pending_step(
                 return Decision::Wait {
                     index,
                     recheck: SignedDuration::from_secs(5),
+                    waiting_for: Vec::new(),
                 };
             }
         }
     }
     // Workers only ever follow a control plane that has completely rolled out at their
     // version, whatever the bookkeeping says.
-    if step.kind == PlanStepKind::Workers
-        && !control_plane_pending(obs, kcp, &step.kubernetes_version).is_empty()
-    {
-        return Decision::Wait {
-            index,
-            recheck: SignedDuration::from_secs(30),
-        };
+    if step.kind == PlanStepKind::Workers {
+        let cp = control_plane_pending(obs, kcp, &step.kubernetes_version);
+        if !cp.is_empty() {
+            return Decision::Wait {
+                index,
+                recheck: SignedDuration::from_secs(30),
+                waiting_for: cp,
+            };
+        }
     }
     let pools = match step.kind {
         PlanStepKind::ControlPlane => Vec::new(),
@@ -420,5 +423,6 @@ pub(super) fn in_progress_step(
     Decision::Wait {
         index,
         recheck: SignedDuration::try_from(left).unwrap_or(SignedDuration::from_secs(300)),
+        waiting_for: pending,
     }
 }

@@ -305,15 +305,27 @@ where
     let health = cache.clone();
     watcher(api, config)
         .backoff(WatchBackoff::default())
-        .inspect(move |r| match r {
-            Ok(_) => health.set_failing(None),
-            Err(e) => {
-                let (reason, message) = crate::error::watch_failure(e);
-                health.set_failing(Some(WatchFailure {
-                    reason,
-                    message: format!("watching {what}: {message}"),
-                }));
-            }
+        // A failed watch is retried by its own backoff above and reported through the cache;
+        // its errors go no further. The controller pauses *every* trigger stream for its
+        // trigger backoff (up to 30 s, growing) on any error, so one kind's errors would
+        // starve all the others' events and leave the caches stale (seen after a
+        // kube-apiserver restart: minutes without a write while the gate was true).
+        .filter_map(move |r| {
+            futures::future::ready(match r {
+                Ok(event) => {
+                    health.set_failing(None);
+                    Some(Ok(event))
+                }
+                Err(e) => {
+                    let (reason, message) = crate::error::watch_failure(&e);
+                    warn!(kind = what, reason, "watch failed, retrying: {message}");
+                    health.set_failing(Some(WatchFailure {
+                        reason,
+                        message: format!("watching {what}: {message}"),
+                    }));
+                    None
+                }
+            })
         })
         .try_filter_map(move |event| {
             let event = valid(event, what);

@@ -380,6 +380,15 @@ impl WorkloadClients {
         Ok(client)
     }
 
+    /// Uses `client` for Cluster `ns/cluster` while its kubeconfig Secret is at
+    /// `resource_version` (a client built elsewhere: tests, or a proxy in front of it).
+    pub fn insert(&self, ns: &str, cluster: &str, resource_version: &str, client: kube::Client) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            (ns.to_string(), cluster.to_string()),
+            (resource_version.to_string(), client),
+        );
+    }
+
     /// Forgets the client of a Cluster (when its last request is gone).
     pub fn forget(&self, ns: &str, cluster: &str) {
         self.0

@@ -10,6 +10,7 @@ pub mod capi;
 pub mod chart;
 pub mod cvo;
 pub mod dcs;
+pub mod engine;
 pub mod harness;
 pub mod platform;
 pub mod project;

@@ -123,7 +123,7 @@ impl Platform {
     }
 
     /// Deletes the platform namespace (best effort).
-    pub async fn delete(self, client: &kube::Client) {
+    pub async fn delete(&self, client: &kube::Client) {
         let api = Api::<k8s_openapi::api::core::v1::Namespace>::all(client.clone());
         let _ = api.delete(&self.namespace, &Default::default()).await;
     }

@@ -96,6 +96,51 @@ pub fn binary(package: &str, name: &str) -> PathBuf {
 pub struct Controller {
     child: Child,
     pub log: PathBuf,
+    /// Where this process's log starts in `log` (the file collects every run of a label).
+    log_from: u64,
+    /// Its `/metrics` URL, once read from its log.
+    metrics_url: std::sync::OnceLock<String>,
+}
+
+/// Whether the controller binary (`UC_CONTROLLER_BIN` or this workspace's) has `run` flag
+/// `flag` (an earlier build run by the same harness may not).
+pub fn controller_supports(flag: &str) -> bool {
+    let bin = std::env::var_os("UC_CONTROLLER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| binary("upgrade-controller", "upgrade-controller"));
+    Command::new(bin)
+        .args(["run", "--help"])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(flag))
+}
+
+/// A plain HTTP/1.0 GET of a loopback URL, returning the body (None: no answer, or not 200).
+pub async fn http_get(url: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://")?;
+    let (addr, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(format!("GET /{path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.ok()?;
+    let (head, body) = out.split_once("\r\n\r\n")?;
+    (head.split(' ').nth(1) == Some("200")).then(|| body.to_string())
+}
+
+/// The value of the sample of `metric` with exactly `labels` (`name="value"` pairs, in the
+/// exposition's order) in a text exposition.
+pub fn sample(exposition: &str, metric: &str, labels: &str) -> Option<f64> {
+    let key = if labels.is_empty() {
+        format!("{metric} ")
+    } else {
+        format!("{metric}{{{labels}}} ")
+    };
+    exposition
+        .lines()
+        .find_map(|l| l.strip_prefix(&key))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 impl Controller {
@@ -129,8 +174,17 @@ impl Controller {
             .append(true)
             .open(&log)
             .expect("controller log file");
+        let log_from = out.metadata().map_or(0, |m| m.len());
+        let mut args = args.to_vec();
+        // Metrics on a free loopback port (read back from the log), so parallel tests never
+        // collide; an earlier build without the flag runs without them.
+        if args.first().is_some_and(|a| a == "run") && controller_supports("--metrics-bind-address")
+        {
+            args.retain(|a| !a.starts_with("--metrics-bind-address"));
+            args.push("--metrics-bind-address=127.0.0.1:0".into());
+        }
         let child = Command::new(bin)
-            .args(args)
+            .args(&args)
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,kube=warn")
             .stdin(Stdio::null())
@@ -138,7 +192,99 @@ impl Controller {
             .stderr(out)
             .spawn()
             .expect("starting the controller");
-        Self { child, log }
+        Self {
+            child,
+            log,
+            log_from,
+            metrics_url: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// This process's `/metrics` URL, from the address it logged at start (waits up to 60 s).
+    pub async fn metrics_url(&self) -> String {
+        if let Some(url) = self.metrics_url.get() {
+            return url.clone();
+        }
+        let start = Instant::now();
+        loop {
+            let text = std::fs::read(&self.log).unwrap_or_default();
+            let mine = String::from_utf8_lossy(&text[(self.log_from as usize).min(text.len())..])
+                .to_string();
+            if let Some(addr) = mine
+                .lines()
+                .filter(|l| l.contains("serving /metrics"))
+                .find_map(|l| {
+                    let at = l.find("127.0.0.1:")?;
+                    let port: String = l[at + 10..]
+                        .chars()
+                        .take_while(char::is_ascii_digit)
+                        .collect();
+                    (!port.is_empty()).then(|| format!("127.0.0.1:{port}"))
+                })
+            {
+                let url = format!("http://{addr}/metrics");
+                let _ = self.metrics_url.set(url.clone());
+                return url;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "the controller never logged its metrics address ({})",
+                self.log.display()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The controller's current `/metrics` exposition.
+    pub async fn metrics(&self) -> String {
+        let url = self.metrics_url().await;
+        http_get(&url)
+            .await
+            .unwrap_or_else(|| panic!("GET {url} failed"))
+    }
+
+    /// Returns once this process has finished a reconcile of every UpgradeRequest in `ns`
+    /// that began after the call: each is touched (an annotation, so a watch event) and its
+    /// reconcile count watched in `/metrics`. What a reconcile would have written is then on
+    /// the API server, so "nothing was written" can be checked without sleeping.
+    pub async fn settle(&self, client: &kube::Client, ns: &str) {
+        let api = Api::<UpgradeRequest>::namespaced(client.clone(), ns);
+        let requests = api
+            .list(&Default::default())
+            .await
+            .expect("listing requests");
+        for ur in requests {
+            let name = ur.metadata.name.clone().unwrap_or_default();
+            let before = self.reconciles(ns, &name).await;
+            let stamp = format!("{:?}", Instant::now());
+            api.patch(
+                &name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(
+                    json!({"metadata": {"annotations": {"e2e/settle": stamp}}}),
+                ),
+            )
+            .await
+            .expect("touching the request");
+            let start = Instant::now();
+            while self.reconciles(ns, &name).await <= before {
+                assert!(
+                    start.elapsed() < Duration::from_secs(60),
+                    "the controller did not reconcile {ns}/{name} within 60 s of a change"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+
+    /// How many reconciles of request `ns/name` this process has finished.
+    pub async fn reconciles(&self, ns: &str, name: &str) -> f64 {
+        sample(
+            &self.metrics().await,
+            "upgrade_controller_reconciles_total",
+            &format!("namespace=\"{ns}\",name=\"{name}\""),
+        )
+        .unwrap_or(0.0)
     }
 
     pub fn pid(&self) -> u32 {

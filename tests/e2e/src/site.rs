@@ -44,13 +44,15 @@ pub const ROW_4_1_6: Row = Row {
 
 /// One test's world: a static DCS cluster, its own matrix (with DCS image names unique to the
 /// test, so image registration never leaks between tests), its platform namespace with a
-/// stand-in CVO, and the controller pointed at both.
+/// stand-in CVO, and the controller pointed at both. [`Site::finish`] cleans up after a test
+/// that passed; a test that fails (panics) is cleaned up on drop.
 pub struct Site {
     pub client: kube::Client,
     pub ns: String,
     pub cluster: StaticDcsCluster,
     pub platform: Platform,
     pub controller: Option<Controller>,
+    finished: bool,
 }
 
 impl Site {
@@ -101,6 +103,7 @@ impl Site {
             cluster,
             platform,
             controller: None,
+            finished: false,
         };
         tweak(&mut site);
         site.cluster.create(&site.client).await.unwrap();
@@ -221,8 +224,10 @@ impl Site {
     /// Nothing was written: no field of this controller on the KCP, the MachineDeployments or
     /// the cluster's cvsh, no new machine template, versions and desired version unchanged.
     pub async fn assert_untouched(&self) {
-        // Give a misbehaving controller time to write first.
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        // After a complete reconcile of every request, whatever it would write is written.
+        if let Some(c) = &self.controller {
+            c.settle(&self.client, &self.ns).await;
+        }
         let kcp = self.kcp().await;
         assert_eq!(kcp["spec"]["version"], self.cluster.cp_version.as_str());
         let mut objects = vec![kcp];
@@ -336,6 +341,51 @@ impl Site {
         .await;
         dcs::delete_namespace(&self.client, &self.ns).await.unwrap();
         self.platform.delete(&self.client).await;
+        self.finished = true;
+    }
+}
+
+impl Drop for Site {
+    /// A test that did not reach [`Site::finish`] (it failed): stop its controller and delete
+    /// what it made (requests' finalizers released, its matrix, both namespaces), on a runtime
+    /// of its own since the test's may be unwinding.
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        if let Some(mut c) = self.controller.take() {
+            c.kill();
+        }
+        let namespaces = [self.ns.clone(), self.platform.namespace.clone()];
+        let kubeconfig = harness::env().kubeconfig.clone();
+        let cleanup = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                let client = crate::testenv::client_from(&kubeconfig).await.ok()?;
+                let requests: Api<UpgradeRequest> = Api::namespaced(client.clone(), &namespaces[0]);
+                for ur in requests.list(&ListParams::default()).await.ok()? {
+                    let _ = requests
+                        .patch(
+                            &ur.metadata.name.unwrap_or_default(),
+                            &kube::api::PatchParams::default(),
+                            &kube::api::Patch::Merge(json!({"metadata": {"finalizers": null}})),
+                        )
+                        .await;
+                }
+                let _ = matrix_api(&client)
+                    .delete(&namespaces[0], &DeleteParams::default())
+                    .await;
+                let all = Api::<k8s_openapi::api::core::v1::Namespace>::all(client);
+                for ns in &namespaces {
+                    let _ = all.delete(ns, &DeleteParams::default()).await;
+                }
+                Some(())
+            })
+        });
+        let _ = cleanup.join();
     }
 }
 

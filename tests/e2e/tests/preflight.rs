@@ -368,7 +368,11 @@ async fn the_review_waits_for_acknowledgements_then_phase_one_precedes_any_kcp_w
         )
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    site.controller
+        .as_ref()
+        .unwrap()
+        .settle(&site.client, &site.ns)
+        .await;
     let ur = site.requests().get("up").await.unwrap();
     assert_eq!(
         ur.status.as_ref().unwrap().phase,
@@ -461,7 +465,11 @@ async fn a_stalled_cluster_version_operator_stalls_the_request_with_its_reason()
     // Phase 1 was asked for once; no KubeadmControlPlane write happened.
     let cvsh = site.platform.cvsh(&site.client, CLUSTER).await;
     assert_eq!(cvsh["spec"]["desiredUpdate"]["version"], "4.3.2");
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    site.controller
+        .as_ref()
+        .unwrap()
+        .settle(&site.client, &site.ns)
+        .await;
     assert_eq!(site.kcp().await["spec"]["version"], ROW_4_2_5.k8s);
     // The platform recovers; the request carries on by itself.
     site.platform.control(&site.client, &key, None).await;

@@ -188,7 +188,7 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
 /// Reconcile durations from the controller's `/metrics` histogram, when it serves one.
 async fn reconcile_quantiles(metrics_url: Option<&str>) -> Option<(f64, f64, f64)> {
     let url = metrics_url?;
-    let body = reqwest_free_get(url).await?;
+    let body = project::http_get(url).await?;
     let mut buckets: Vec<(f64, f64)> = Vec::new();
     let mut count = 0.0;
     for line in body.lines() {
@@ -218,20 +218,6 @@ async fn reconcile_quantiles(metrics_url: Option<&str>) -> Option<(f64, f64, f64
             .map_or(f64::INFINITY, |(le, _)| *le)
     };
     Some((q(0.5), q(0.99), count))
-}
-
-/// A plain HTTP GET on loopback (the metrics endpoint), without another HTTP client crate.
-async fn reqwest_free_get(url: &str) -> Option<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url.strip_prefix("http://")?;
-    let (addr, path) = rest.split_once('/').map_or((rest, "/"), |(a, p)| (a, p));
-    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    s.write_all(format!("GET /{path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await
-        .ok()?;
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.ok()?;
-    Some(out.split_once("\r\n\r\n")?.1.to_string())
 }
 
 /// Every spec.version change of KCPs and MDs in `ns`: (when seen, kind/name, version).
@@ -339,16 +325,6 @@ async fn upgrade_one(
 }
 
 /// Whether the controller binary has a flag (older builds lack the newer ones).
-fn supports(flag: &str) -> bool {
-    let bin = std::env::var_os("UC_CONTROLLER_BIN")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| project::binary("upgrade-controller", "upgrade-controller"));
-    std::process::Command::new(bin)
-        .args(["run", "--help"])
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains(flag))
-}
-
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = parse_args()?;
@@ -482,7 +458,7 @@ async fn main() -> Result<()> {
         format!("--cvsh-namespace={PLATFORM_NS}"),
         "--cvsh-mapping=namespaced-name".into(),
     ];
-    let with_metrics = supports("--metrics-bind-address");
+    let with_metrics = project::controller_supports("--metrics-bind-address");
     if with_metrics {
         run_args.push(format!("--metrics-bind-address=127.0.0.1:{metrics_port}"));
     }
@@ -639,7 +615,7 @@ async fn main() -> Result<()> {
 }
 
 async fn reconcile_count(metrics_url: Option<&str>) -> Option<f64> {
-    let body = reqwest_free_get(metrics_url?).await?;
+    let body = project::http_get(metrics_url?).await?;
     body.lines()
         .find(|l| l.starts_with("upgrade_controller_reconcile_duration_seconds_count"))
         .and_then(|l| l.rsplit(' ').next())

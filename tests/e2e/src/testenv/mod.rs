@@ -406,6 +406,63 @@ fn log_report(cfg: &Config) -> String {
     out
 }
 
+/// Waits (up to 90 s) until kube-apiserver `pid` answers `/readyz` with `ok`.
+async fn apiserver_ready(cfg: &Config, pid: u32) -> Result<kube::Client> {
+    let kubeconfig_path = cfg.kubeconfig_path();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        if let Ok(client) = client_from(&kubeconfig_path).await {
+            let req = http_get("/readyz");
+            if let Ok(body) = client.request_text(req).await
+                && body.trim() == "ok"
+            {
+                return Ok(client);
+            }
+        }
+        if !process::alive(pid) {
+            bail!("kube-apiserver exited before it became ready");
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("kube-apiserver was not ready within 90s");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Restarts kube-apiserver with the command line it runs with (etcd and every other process
+/// keep running, so no object is lost) and returns once it is ready again. Every client's
+/// watches break, as in a control-plane upgrade or an API server crash.
+pub async fn restart_apiserver(cfg: &Config) -> Result<()> {
+    let mut running = current(cfg)?.context("no test control plane is running")?;
+    let pid = *running
+        .pids
+        .get("kube-apiserver")
+        .context("env.json records no kube-apiserver")?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline"))
+        .with_context(|| format!("reading the command line of kube-apiserver (pid {pid})"))?;
+    let mut words = cmdline
+        .split(|b| *b == 0)
+        .filter(|w| !w.is_empty())
+        .map(|w| String::from_utf8_lossy(w).into_owned());
+    let program = words
+        .next()
+        .context("kube-apiserver has an empty command line")?;
+    let args: Vec<String> = words.collect();
+    process::stop_group(pid, Duration::from_secs(10));
+    wait_for_free_ports(&[cfg.apiserver_port()])?;
+    let spec = Spec {
+        name: "kube-apiserver",
+        program: PathBuf::from(program),
+        args,
+        env: vec![],
+    };
+    let pid = process::spawn(&spec, &cfg.log_dir())?;
+    running.pids.insert(spec.name.to_string(), pid);
+    std::fs::write(cfg.state_file(), serde_json::to_vec_pretty(&running)?)?;
+    apiserver_ready(cfg, pid).await?;
+    Ok(())
+}
+
 fn start(cfg: &Config, build_dir: &Path) -> Result<Running> {
     let bin = |name: &str| build_dir.join("bin").join(name);
     for dir in ["etcd", "pki", "logs"] {
@@ -512,27 +569,7 @@ fn start(cfg: &Config, build_dir: &Path) -> Result<Running> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let kubeconfig_path = cfg.kubeconfig_path();
-    let client = rt.block_on(async {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-        loop {
-            if let Ok(client) = client_from(&kubeconfig_path).await {
-                let req = http_get("/readyz");
-                if let Ok(body) = client.request_text(req).await
-                    && body.trim() == "ok"
-                {
-                    return Ok(client);
-                }
-            }
-            if !process::alive(pid) {
-                bail!("kube-apiserver exited before it became ready");
-            }
-            if tokio::time::Instant::now() > deadline {
-                bail!("kube-apiserver was not ready within 90s");
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-    })?;
+    let client = rt.block_on(apiserver_ready(cfg, pid))?;
 
     launch(
         Spec {
