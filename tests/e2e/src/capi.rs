@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use kube::api::{Api, DynamicObject, ListParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
-use serde_json::{Value, json};
+use serde_json::Value;
+
+use crate::fixture;
 
 pub const CLUSTER_V1BETA1: &str = "cluster.x-k8s.io/v1beta1";
 pub const CONTROLPLANE_V1BETA1: &str = "controlplane.cluster.x-k8s.io/v1beta1";
@@ -37,25 +39,16 @@ pub fn dev_machine_template_api(client: &kube::Client, ns: &str) -> Api<DynamicO
     api(client, ns, INFRA_V1BETA1, "DevMachineTemplate")
 }
 
-/// A DevMachineTemplate using CAPD's in-memory backend with short, fixed provisioning times,
-/// so a machine is "running" a few seconds after it is created.
+/// A DevMachineTemplate using CAPD's in-memory backend with short, fixed provisioning times
+/// (fixture `dev-machine-template.yaml`).
 pub fn dev_machine_template(name: &str) -> Value {
-    let quick = json!({"provisioning": {"startupDuration": "2s", "startupJitter": "0.2"}});
-    json!({
-        "apiVersion": INFRA_V1BETA1,
-        "kind": "DevMachineTemplate",
-        "metadata": {"name": name},
-        "spec": {"template": {"spec": {"backend": {"inMemory": {
-            "vm": {"provisioning": {"startupDuration": "3s", "startupJitter": "0.2"}},
-            "node": quick, "apiServer": quick, "etcd": quick,
-        }}}}}
-    })
+    fixture::render_one("dev-machine-template.yaml", &[("NAME", &name)])
 }
 
 /// An in-memory workload cluster: Cluster + DevCluster, a KubeadmControlPlane with
 /// `cp_replicas` replicas, and one MachineDeployment per entry of `pools` (name, replicas),
-/// all at Kubernetes `version`. Templates are named `<cluster>-cp-<suffix>` and
-/// `<cluster>-md-<suffix>`.
+/// all at Kubernetes `version` (fixtures `in-memory-cluster.yaml`, `in-memory-pool.yaml`).
+/// Templates are named `<cluster>-cp-<suffix>` and `<cluster>-md-<suffix>`.
 pub fn in_memory_cluster(
     name: &str,
     version: &str,
@@ -63,81 +56,35 @@ pub fn in_memory_cluster(
     cp_replicas: u32,
     pools: &[(&str, u32)],
 ) -> Vec<Value> {
-    let node_registration = json!({
-        "criSocket": "unix:///var/run/containerd/containerd.sock",
-        "kubeletExtraArgs": {"eviction-hard": "nodefs.available<0%,nodefs.inodesFree<0%,imagefs.available<0%"},
-    });
-    let mut objects = vec![
-        json!({
-            "apiVersion": INFRA_V1BETA1, "kind": "DevCluster",
-            // CAPD v1.10's in-memory backend writes its listener annotation into
-            // metadata.annotations without creating the map, and panics on a DevCluster that
-            // has none (ClusterClass-made DevClusters always carry some). Give it one.
-            "metadata": {"name": name, "annotations": {"upgrade.cpaas.io/fixture": "in-memory-cluster"}},
-            "spec": {"backend": {"inMemory": {}}},
-        }),
+    let mut objects = fixture::render(
+        "in-memory-cluster.yaml",
+        &[
+            ("NAME", &name),
+            ("VERSION", &version),
+            ("TEMPLATE_SUFFIX", &template_suffix),
+            ("CP_REPLICAS", &cp_replicas),
+        ],
+    );
+    // The templates right after the DevCluster, as before the KCP and pools that name them.
+    objects.insert(
+        1,
         dev_machine_template(&format!("{name}-cp-{template_suffix}")),
+    );
+    objects.insert(
+        2,
         dev_machine_template(&format!("{name}-md-{template_suffix}")),
-        json!({
-            "apiVersion": BOOTSTRAP_V1BETA1, "kind": "KubeadmConfigTemplate",
-            "metadata": {"name": format!("{name}-workers")},
-            "spec": {"template": {"spec": {"joinConfiguration": {"nodeRegistration": node_registration}}}},
-        }),
-        json!({
-            "apiVersion": CONTROLPLANE_V1BETA1, "kind": "KubeadmControlPlane",
-            "metadata": {"name": format!("{name}-cp")},
-            "spec": {
-                "replicas": cp_replicas,
-                "version": version,
-                "machineTemplate": {"infrastructureRef": {
-                    "apiVersion": INFRA_V1BETA1, "kind": "DevMachineTemplate",
-                    "name": format!("{name}-cp-{template_suffix}"),
-                }},
-                "kubeadmConfigSpec": {
-                    "clusterConfiguration": {"apiServer": {"certSANs": ["localhost", "127.0.0.1"]}},
-                    "initConfiguration": {"nodeRegistration": node_registration},
-                    "joinConfiguration": {"nodeRegistration": node_registration},
-                },
-            },
-        }),
-        json!({
-            "apiVersion": CLUSTER_V1BETA1, "kind": "Cluster",
-            "metadata": {"name": name},
-            "spec": {
-                "clusterNetwork": {
-                    "services": {"cidrBlocks": ["10.128.0.0/12"]},
-                    "pods": {"cidrBlocks": ["192.168.0.0/16"]},
-                    "serviceDomain": "cluster.local",
-                },
-                "infrastructureRef": {"apiVersion": INFRA_V1BETA1, "kind": "DevCluster", "name": name},
-                "controlPlaneRef": {
-                    "apiVersion": CONTROLPLANE_V1BETA1, "kind": "KubeadmControlPlane",
-                    "name": format!("{name}-cp"),
-                },
-            },
-        }),
-    ];
+    );
     for (pool, replicas) in pools {
-        objects.push(json!({
-            "apiVersion": CLUSTER_V1BETA1, "kind": "MachineDeployment",
-            "metadata": {"name": format!("{name}-{pool}")},
-            "spec": {
-                "clusterName": name,
-                "replicas": replicas,
-                "template": {"spec": {
-                    "clusterName": name,
-                    "version": version,
-                    "bootstrap": {"configRef": {
-                        "apiVersion": BOOTSTRAP_V1BETA1, "kind": "KubeadmConfigTemplate",
-                        "name": format!("{name}-workers"),
-                    }},
-                    "infrastructureRef": {
-                        "apiVersion": INFRA_V1BETA1, "kind": "DevMachineTemplate",
-                        "name": format!("{name}-md-{template_suffix}"),
-                    },
-                }},
-            },
-        }));
+        objects.push(fixture::render_one(
+            "in-memory-pool.yaml",
+            &[
+                ("NAME", &name),
+                ("POOL", pool),
+                ("REPLICAS", replicas),
+                ("VERSION", &version),
+                ("TEMPLATE_SUFFIX", &template_suffix),
+            ],
+        ));
     }
     objects
 }

@@ -41,7 +41,7 @@ impl Release {
             .into_iter()
             .partition(|d| d["kind"].as_str().unwrap_or("").starts_with("Cluster"));
         Self {
-            name: site.ns.clone(),
+            name: site.ns.to_string(),
             kinds,
             cluster_scoped,
             namespaced,

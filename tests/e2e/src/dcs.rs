@@ -29,7 +29,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
-use crate::capi::{self, BOOTSTRAP_V1BETA1, CLUSTER_V1BETA1, CONTROLPLANE_V1BETA1, INFRA_V1BETA1};
+use crate::capi::{self, CLUSTER_V1BETA1, CONTROLPLANE_V1BETA1, INFRA_V1BETA1};
+use crate::fixture;
 use crate::harness;
 use crate::testenv;
 
@@ -194,97 +195,97 @@ impl StaticDcsCluster {
         })
     }
 
+    /// A DCSMachineTemplate (fixture `static-dcs/dcs-machine-template.yaml`); the control
+    /// plane's is larger and has an etcd disk.
     fn machine_template(&self, name: &str, pool: &str, cp: bool) -> Value {
-        let mut disks = vec![
-            json!({"quantity": 0, "systemVolume": true, "datastoreClusterName": "e2e-dsc"}),
-            json!({"quantity": 100, "path": "/var/lib/kubelet", "format": "xfs", "datastoreClusterName": "e2e-dsc"}),
-            json!({"quantity": 100, "path": "/var/lib/containerd", "format": "xfs", "datastoreClusterName": "e2e-dsc"}),
-        ];
+        let (cpu, memory): (u32, u32) = if cp { (8, 16384) } else { (4, 8192) };
+        let mut t = fixture::render_one(
+            "static-dcs/dcs-machine-template.yaml",
+            &[
+                ("NAME", &name),
+                ("CLUSTER", &self.name),
+                ("VM_TEMPLATE", &self.vm_template),
+                ("POOL", &pool),
+                ("CPU", &cpu),
+                ("MEMORY", &memory),
+            ],
+        );
         if cp {
-            disks.push(json!({"quantity": 10, "path": "/var/lib/etcd", "format": "xfs", "datastoreClusterName": "e2e-dsc"}));
+            let disks = &mut t["spec"]["template"]["spec"]["vmConfig"]["dcsMachineDiskSpec"];
+            if let Some(d) = disks.as_array_mut() {
+                d.push(json!({"quantity": 10, "path": "/var/lib/etcd", "format": "xfs", "datastoreClusterName": "e2e-dsc"}));
+            }
         }
-        json!({
-            "apiVersion": INFRA_V1BETA1, "kind": "DCSMachineTemplate",
-            "metadata": {"name": name, "labels": {CLUSTER_NAME_LABEL: self.name}},
-            "spec": {"template": {"spec": self.dcs_machine_spec(pool, cp, &disks)}},
-        })
+        t
     }
 
-    fn dcs_machine_spec(&self, pool: &str, cp: bool, disks: &[Value]) -> Value {
-        json!({
-            "vmTemplateName": self.vm_template,
-            "ipHostPoolRef": {"name": pool},
-            "location": {"type": "folder", "name": self.name},
-            "vmConfig": {
-                "dcsMachineCpuSpec": {"quantity": if cp { 8 } else { 4 }},
-                "dcsMachineMemorySpec": {"quantity": if cp { 16384 } else { 8192 }},
-                "dcsMachineDiskSpec": disks,
-                "dvSwitchName": "e2e-dvs", "portGroupName": "e2e-pg",
-            },
-        })
+    /// A DCSMachine's spec: its template's, without the disk list.
+    fn dcs_machine_spec(&self, pool: &str, cp: bool) -> Value {
+        let mut spec = self.machine_template("", pool, cp)["spec"]["template"]["spec"].take();
+        spec["vmConfig"]["dcsMachineDiskSpec"] = json!([]);
+        spec
     }
 
+    /// Fixture `static-dcs/cluster.yaml`, its endpoint at `host:port`.
+    fn cluster_object(&self, host: &str, port: u16) -> Value {
+        fixture::render_one(
+            "static-dcs/cluster.yaml",
+            &[("NAME", &self.name), ("HOST", &host), ("PORT", &port)],
+        )
+    }
+
+    /// Fixture `static-dcs/dcs-cluster.yaml`.
+    fn dcs_cluster_object(&self, host: &str, port: u16) -> Value {
+        fixture::render_one(
+            "static-dcs/dcs-cluster.yaml",
+            &[("NAME", &self.name), ("HOST", &host), ("PORT", &port)],
+        )
+    }
+
+    /// Fixture `static-dcs/kubeadm-config-template.yaml`.
+    fn worker_config_object(&self) -> Value {
+        fixture::render_one(
+            "static-dcs/kubeadm-config-template.yaml",
+            &[("NAME", &self.name)],
+        )
+    }
+
+    /// Fixture `static-dcs/kubeadm-control-plane.yaml`.
     fn kcp_object(&self) -> Value {
-        let node_registration =
-            json!({"kubeletExtraArgs": {"node-labels": "kube-ovn/role=master"}});
-        json!({
-            "apiVersion": CONTROLPLANE_V1BETA1, "kind": "KubeadmControlPlane",
-            "metadata": {"name": self.kcp_name(), "labels": {CLUSTER_NAME_LABEL: self.name}},
-            "spec": {
-                "replicas": self.cp_replicas,
-                "version": self.cp_version,
-                "rolloutStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": self.kcp_max_surge}},
-                "machineTemplate": {"infrastructureRef": {
-                    "apiVersion": INFRA_V1BETA1, "kind": "DCSMachineTemplate", "name": self.cp_template_name(),
-                }},
-                "kubeadmConfigSpec": {
-                    "clusterConfiguration": {
-                        "imageRepository": "registry.example.com/acp",
-                        "dns": {"imageTag": self.coredns_tag},
-                        "etcd": {"local": {"imageTag": self.etcd_tag}},
-                    },
-                    "initConfiguration": {"nodeRegistration": node_registration},
-                    "joinConfiguration": {"nodeRegistration": node_registration},
-                },
-            },
-        })
+        fixture::render_one(
+            "static-dcs/kubeadm-control-plane.yaml",
+            &[
+                ("NAME", &self.name),
+                ("REPLICAS", &self.cp_replicas),
+                ("VERSION", &self.cp_version),
+                ("MAX_SURGE", &self.kcp_max_surge),
+                ("TEMPLATE", &self.cp_template_name()),
+                ("COREDNS_TAG", &self.coredns_tag),
+                ("ETCD_TAG", &self.etcd_tag),
+            ],
+        )
     }
 
+    /// Fixture `static-dcs/machine-deployment.yaml`; with maxSurge 0, maxUnavailable is 1.
     fn md_object(&self, pool: &str, replicas: u32) -> Value {
-        let md = self.md_name(pool);
-        let labels = json!({CLUSTER_NAME_LABEL: self.name, DEPLOYMENT_NAME_LABEL: md});
-        let max_unavailable = if self.md_max_surge == 0 { 1 } else { 0 };
-        json!({
-            "apiVersion": CLUSTER_V1BETA1, "kind": "MachineDeployment",
-            "metadata": {"name": md, "labels": {CLUSTER_NAME_LABEL: self.name}},
-            "spec": {
-                "clusterName": self.name,
-                "replicas": replicas,
-                "selector": {"matchLabels": labels},
-                "strategy": {"type": "RollingUpdate", "rollingUpdate": {
-                    "maxSurge": self.md_max_surge, "maxUnavailable": max_unavailable,
-                }},
-                "template": {
-                    "metadata": {"labels": labels},
-                    "spec": self.worker_machine_spec(pool),
-                },
-            },
-        })
+        let max_unavailable: u32 = if self.md_max_surge == 0 { 1 } else { 0 };
+        fixture::render_one(
+            "static-dcs/machine-deployment.yaml",
+            &[
+                ("NAME", &self.md_name(pool)),
+                ("CLUSTER", &self.name),
+                ("REPLICAS", &replicas),
+                ("MAX_SURGE", &self.md_max_surge),
+                ("MAX_UNAVAILABLE", &max_unavailable),
+                ("VERSION", &self.worker_version()),
+                ("TEMPLATE", &self.md_template_name(pool)),
+            ],
+        )
     }
 
+    /// The machine spec of pool `pool`'s MachineDeployment (and MachineSet).
     fn worker_machine_spec(&self, pool: &str) -> Value {
-        json!({
-            "clusterName": self.name,
-            "version": self.worker_version(),
-            "bootstrap": {"configRef": {
-                "apiVersion": BOOTSTRAP_V1BETA1, "kind": "KubeadmConfigTemplate",
-                "name": self.worker_config_name(),
-            }},
-            "infrastructureRef": {
-                "apiVersion": INFRA_V1BETA1, "kind": "DCSMachineTemplate",
-                "name": self.md_template_name(pool),
-            },
-        })
+        self.md_object(pool, 0)["spec"]["template"]["spec"].take()
     }
 
     /// Creates every object in `namespace` (installing the DCS CRDs first), then writes the
@@ -300,23 +301,7 @@ impl StaticDcsCluster {
 
         // The Cluster, paused (by annotation, as every object here) from its first write so no
         // CAPI controller ever acts on it.
-        let cluster = create(client, ns, json!({
-            "apiVersion": CLUSTER_V1BETA1, "kind": "Cluster",
-            "metadata": {"name": self.name, "labels": {CLUSTER_NAME_LABEL: self.name}},
-            "spec": {
-                "clusterNetwork": {
-                    "pods": {"cidrBlocks": ["100.13.0.0/16"]},
-                    "services": {"cidrBlocks": ["100.14.0.0/16"]},
-                    "serviceDomain": "cluster.local",
-                },
-                "controlPlaneEndpoint": {"host": host, "port": port},
-                "infrastructureRef": {"apiVersion": INFRA_V1BETA1, "kind": "DCSCluster", "name": self.name},
-                "controlPlaneRef": {
-                    "apiVersion": CONTROLPLANE_V1BETA1, "kind": "KubeadmControlPlane", "name": self.kcp_name(),
-                },
-            },
-        }))
-        .await?;
+        let cluster = create(client, ns, self.cluster_object(&host, port)).await?;
         let now = now();
         let by_cluster = owner(&cluster, false);
         let with_owner = |mut obj: Value, owner: &Value| {
@@ -324,17 +309,11 @@ impl StaticDcsCluster {
             obj
         };
 
-        let dcs_cluster = create(client, ns, with_owner(json!({
-            "apiVersion": INFRA_V1BETA1, "kind": "DCSCluster",
-            "metadata": {"name": self.name, "labels": {CLUSTER_NAME_LABEL: self.name}},
-            "spec": {
-                "controlPlaneEndpoint": {"host": host, "port": port},
-                "controlPlaneLoadBalancer": {"type": "external", "host": host, "port": port},
-                "credentialSecretRef": {"name": format!("{}-dcs-credentials", self.name)},
-                "networkType": "kube-ovn",
-                "site": "e2e-site",
-            },
-        }), &by_cluster))
+        let dcs_cluster = create(
+            client,
+            ns,
+            with_owner(self.dcs_cluster_object(&host, port), &by_cluster),
+        )
         .await?;
 
         // CAPI's kubeconfig Secret (what `clusterctl get kubeconfig` reads), pointing at the
@@ -390,13 +369,11 @@ impl StaticDcsCluster {
             )
             .await?;
         }
-        create(client, ns, with_owner(json!({
-            "apiVersion": BOOTSTRAP_V1BETA1, "kind": "KubeadmConfigTemplate",
-            "metadata": {"name": self.worker_config_name(), "labels": {CLUSTER_NAME_LABEL: self.name}},
-            "spec": {"template": {"spec": {"joinConfiguration": {"nodeRegistration": {
-                "kubeletExtraArgs": {"volume-plugin-dir": "/opt/libexec/kubernetes/kubelet-plugins/volume/exec/"},
-            }}}}},
-        }), &by_cluster))
+        create(
+            client,
+            ns,
+            with_owner(self.worker_config_object(), &by_cluster),
+        )
         .await?;
 
         // Control plane and its machines.
@@ -571,7 +548,7 @@ impl StaticDcsCluster {
         now: &str,
     ) -> Result<()> {
         let name = machine["metadata"]["name"].as_str().unwrap_or_default();
-        let mut spec = self.dcs_machine_spec(pool, cp, &[]);
+        let mut spec = self.dcs_machine_spec(pool, cp);
         spec["providerID"] = json!(format!("dcs://{name}"));
         let mut labels = machine["metadata"]["labels"].clone();
         if let Some(l) = labels.as_object_mut() {

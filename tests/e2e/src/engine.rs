@@ -13,7 +13,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use upgrade_controller::api::{Phase, StepState, UpgradeRequest};
 
 use crate::capi;
-use crate::harness;
+use crate::harness::{self, TestNamespace};
 use crate::platform::Platform;
 use crate::project;
 
@@ -176,7 +176,9 @@ pub fn record_gates(
     gates
 }
 
-pub async fn demo_cluster(client: &kube::Client, prefix: &str) -> String {
+/// The demo cluster (in-memory machines, three control-plane replicas, two pools of two) at
+/// [`START`] in a new namespace, every rollout finished.
+pub async fn demo_cluster(client: &kube::Client, prefix: &str) -> TestNamespace {
     let ns = harness::namespace(client, prefix).await;
     project::install(client).await;
     let objects =
@@ -230,9 +232,10 @@ pub async fn assert_upgrade(
         .filter(|w| w.kind == "KubeadmControlPlane")
         .map(|w| w.version.as_str())
         .collect();
-    assert_eq!(
-        kcp_versions,
-        vec![START, "v1.32.11-2", "v1.33.7-4", "v1.34.5-3"]
+    crate::assert::writes_in_order(
+        writes,
+        "KubeadmControlPlane",
+        &[START, "v1.32.11-2", "v1.33.7-4", "v1.34.5-3"],
     );
     for pair in kcp_versions.windows(2) {
         assert_eq!(minor(pair[1]), minor(pair[0]) + 1, "KCP writes {pair:?}");
@@ -371,7 +374,8 @@ pub fn gate_to_write(
 
 /// What an engine run records: the namespace, its platform, every write and every gate.
 pub struct Run {
-    pub ns: String,
+    /// Deleted, with the platform namespace, when the run is dropped or finished.
+    pub ns: TestNamespace,
     pub platform: Platform,
     pub writes: Arc<Mutex<Vec<Write>>>,
     pub gates: Arc<Mutex<HashMap<(String, String), Instant>>>,
@@ -381,8 +385,9 @@ pub struct Run {
 /// 4.3.2, the recorders running, and request `to-4-3` (target 4.3, `extra` merged into its
 /// spec) created before any controller runs.
 pub async fn start_run(client: &kube::Client, prefix: &str, extra: serde_json::Value) -> Run {
-    let ns = demo_cluster(client, prefix).await;
+    let mut ns = demo_cluster(client, prefix).await;
     let platform = Platform::start(client, &ns, "demo", "4.0.11", "4.3.2").await;
+    ns.delete_with(&platform.namespace);
     let writes = record_writes(client, &ns);
     let gates = record_gates(client, &ns);
     let mut spec = serde_json::json!({"clusterName": "demo", "targetVersion": "4.3"});
@@ -397,6 +402,11 @@ pub async fn start_run(client: &kube::Client, prefix: &str, extra: serde_json::V
 }
 
 impl Run {
+    /// The end of a run that passed: its namespaces deleted.
+    pub async fn finish(self, client: &kube::Client) {
+        self.ns.finish(client).await;
+    }
+
     /// Waits until step `index` (0-based) of `to-4-3` is in progress.
     pub async fn wait_for_step(&self, client: &kube::Client, index: usize) {
         project::wait_request(client, &self.ns, "to-4-3", UPGRADE_TIMEOUT, |ur| {

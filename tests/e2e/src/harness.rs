@@ -37,8 +37,20 @@ pub async fn client() -> kube::Client {
         .expect("building a client from the testenv kubeconfig")
 }
 
-/// Creates a namespace unique to this test (`<prefix>-<random>`) and returns its name.
-pub async fn namespace(client: &kube::Client, prefix: &str) -> String {
+/// A test's own namespace, and what else the test made outside it, deleted when the test ends:
+/// by [`TestNamespace::finish`] at the end of a test that passed, or on drop when it failed
+/// (panicked), so a failing test leaves nothing behind for the next. Derefs to the name.
+pub struct TestNamespace {
+    name: String,
+    /// Further namespaces of the test (its platform namespace), deleted with it.
+    others: Vec<String>,
+    /// Cluster-scoped OSSupportMatrices the test created.
+    matrices: Vec<String>,
+    finished: bool,
+}
+
+/// Creates a namespace unique to this test (`<prefix>-<random>`).
+pub async fn namespace(client: &kube::Client, prefix: &str) -> TestNamespace {
     let suffix = format!(
         "{:x}",
         std::time::SystemTime::now()
@@ -54,13 +66,99 @@ pub async fn namespace(client: &kube::Client, prefix: &str) -> String {
         .create(&PostParams::default(), &ns)
         .await
         .expect("creating the test namespace");
-    name
+    TestNamespace {
+        name,
+        others: Vec::new(),
+        matrices: Vec::new(),
+        finished: false,
+    }
 }
 
-/// Deletes a test namespace (without waiting); the namespace and garbage-collector controllers
-/// remove its contents, and CAPI's own finalizers tear down clusters in it. The controller's
-/// finalizer is removed from every UpgradeRequest first: the test's controller may be gone.
-pub async fn delete_namespace(client: &kube::Client, name: &str) {
+impl TestNamespace {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Deletes namespace `other` (the test's platform namespace) with this one.
+    pub fn delete_with(&mut self, other: &str) {
+        self.others.push(other.to_string());
+    }
+
+    /// Deletes the cluster-scoped OSSupportMatrix `name` with this namespace.
+    pub fn delete_matrix_with(&mut self, name: &str) {
+        self.matrices.push(name.to_string());
+    }
+
+    /// Keeps the namespace (the demo leaves its cluster for the user to inspect).
+    pub fn keep(mut self) -> String {
+        self.finished = true;
+        std::mem::take(&mut self.name)
+    }
+
+    /// The end of a test that passed: everything deleted now (without waiting for the
+    /// namespace controller to empty the namespaces).
+    pub async fn finish(mut self, client: &kube::Client) {
+        self.finished = true;
+        teardown(client, &self.name, &self.others, &self.matrices).await;
+    }
+}
+
+impl std::ops::Deref for TestNamespace {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.name
+    }
+}
+
+impl std::fmt::Display for TestNamespace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+/// As its name (in `json!` fixtures).
+impl serde::Serialize for TestNamespace {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.name)
+    }
+}
+
+impl Drop for TestNamespace {
+    /// A test that did not reach [`TestNamespace::finish`]: the same teardown, on a runtime of
+    /// its own since the test's may be unwinding. (A test's controller is a [`Controller`]
+    /// field or local of the test, killed by its own drop.)
+    ///
+    /// [`Controller`]: crate::project::Controller
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let (name, others, matrices) = (
+            self.name.clone(),
+            std::mem::take(&mut self.others),
+            std::mem::take(&mut self.matrices),
+        );
+        let kubeconfig = env().kubeconfig.clone();
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            rt.block_on(async {
+                let client = testenv::client_from(&kubeconfig).await.ok()?;
+                teardown(&client, &name, &others, &matrices).await;
+                Some(())
+            })
+        })
+        .join();
+    }
+}
+
+/// Releases the controller's finalizer from every UpgradeRequest of `name` (the test's
+/// controller may be gone), then deletes the matrices and the namespaces. The namespace and
+/// garbage-collector controllers remove the contents, and CAPI's own finalizers tear down
+/// clusters in them. Best effort: what is already gone is fine.
+async fn teardown(client: &kube::Client, name: &str, others: &[String], matrices: &[String]) {
     let requests: Api<upgrade_controller::api::UpgradeRequest> =
         Api::namespaced(client.clone(), name);
     if let Ok(list) = requests.list(&Default::default()).await {
@@ -75,8 +173,12 @@ pub async fn delete_namespace(client: &kube::Client, name: &str) {
                 .await;
         }
     }
-    Api::<Namespace>::all(client.clone())
-        .delete(name, &Default::default())
-        .await
-        .expect("deleting the test namespace");
+    let matrix_api = crate::site::matrix_api(client);
+    for m in matrices {
+        let _ = matrix_api.delete(m, &Default::default()).await;
+    }
+    let namespaces = Api::<Namespace>::all(client.clone());
+    for ns in std::iter::once(name).chain(others.iter().map(String::as_str)) {
+        let _ = namespaces.delete(ns, &Default::default()).await;
+    }
 }

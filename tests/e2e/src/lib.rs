@@ -3,14 +3,17 @@
 //! [`testenv`] runs a real control plane (etcd, kube-apiserver, Cluster API with in-memory
 //! machines) from binaries built by `tests/e2e/testenv/build.sh`; [`harness`] brings it up once
 //! per test run and hands tests a client; [`capi`] builds CAPI objects and checks rollouts by
-//! CAPI's own criteria.
+//! CAPI's own criteria; [`site`] and [`engine`] are the fixtures the suites share (built on
+//! [`harness::TestNamespace`], cleaned up on drop) and [`assert`] their shared assertions.
 
+pub mod assert;
 pub mod audit;
 pub mod capi;
 pub mod chart;
 pub mod cvo;
 pub mod dcs;
 pub mod engine;
+pub mod fixture;
 pub mod harness;
 pub mod platform;
 pub mod project;

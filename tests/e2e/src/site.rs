@@ -7,12 +7,11 @@ use std::time::{Duration, Instant};
 
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
 use serde_json::{Value, json};
-use upgrade_controller::FIELD_MANAGER;
 use upgrade_controller::api::{CheckName, CheckState, Phase, StepState, UpgradeRequest};
 
 use crate::capi::{self, INFRA_V1BETA1};
 use crate::dcs::{self, StaticDcsCluster};
-use crate::harness;
+use crate::harness::{self, TestNamespace};
 use crate::platform::Platform;
 use crate::project::{self, Controller};
 
@@ -47,12 +46,13 @@ pub const ROW_4_1_6: Row = Row {
 /// stand-in CVO, and the controller pointed at both. [`Site::finish`] cleans up after a test
 /// that passed; a test that fails (panics) is cleaned up on drop.
 pub struct Site {
+    /// First, so a failed test's controller is killed (on drop) before its namespaces go.
+    pub controller: Option<Controller>,
     pub client: kube::Client,
-    pub ns: String,
+    /// The test's namespace; its platform namespace and matrix are deleted with it.
+    pub ns: TestNamespace,
     pub cluster: StaticDcsCluster,
     pub platform: Platform,
-    pub controller: Option<Controller>,
-    finished: bool,
 }
 
 impl Site {
@@ -76,10 +76,12 @@ impl Site {
         let client = harness::client().await;
         project::install(&client).await;
         dcs::install_crds(&client).await.unwrap();
-        let ns = harness::namespace(&client, prefix).await;
+        let mut ns = harness::namespace(&client, prefix).await;
+        let matrix = ns.to_string();
+        ns.delete_matrix_with(&matrix);
         // The test's matrix: the sample rows with DCS image names of this test.
         let mut matrix = project::sample_matrix();
-        matrix["metadata"] = json!({"name": ns});
+        matrix["metadata"] = json!({"name": ns.name()});
         for row in matrix["spec"]["rows"].as_array_mut().unwrap() {
             let dv = row["distributionVersion"].as_str().unwrap().to_string();
             row["images"] = json!({"dcs": format!("{ns}-{dv}")});
@@ -97,13 +99,13 @@ impl Site {
             ..StaticDcsCluster::new(name, &ns)
         };
         let platform = Platform::start(&client, &ns, name, from.dv, global).await;
+        ns.delete_with(&platform.namespace);
         let mut site = Site {
+            controller: None,
             client,
             ns,
             cluster,
             platform,
-            controller: None,
-            finished: false,
         };
         tweak(&mut site);
         site.cluster.create(&site.client).await.unwrap();
@@ -132,7 +134,7 @@ impl Site {
     /// where a test sets its own acknowledgements.
     pub async fn request(&self, name: &str, extra: Value) {
         let mut spec = json!({
-            "clusterName": self.cluster.name, "targetVersion": "4.3", "matrixRef": self.ns,
+            "clusterName": self.cluster.name, "targetVersion": "4.3", "matrixRef": self.ns.name(),
             "acknowledgements": {"modifications": ["*"]},
         });
         merge(&mut spec, extra);
@@ -245,18 +247,7 @@ impl Site {
             cvsh["spec"]["desiredUpdate"]["version"]
         );
         objects.push(cvsh);
-        for o in &objects {
-            let managers: Vec<&str> = o["metadata"]["managedFields"]
-                .as_array()
-                .map(|m| m.iter().filter_map(|e| e["manager"].as_str()).collect())
-                .unwrap_or_default();
-            assert!(
-                !managers.contains(&FIELD_MANAGER),
-                "{} {} has fields written by the controller",
-                o["kind"],
-                o["metadata"]["name"]
-            );
-        }
+        objects.iter().for_each(crate::assert::no_field_of_ours);
         let templates = capi::api(&self.client, &self.ns, INFRA_V1BETA1, "DCSMachineTemplate")
             .list(&ListParams::default())
             .await
@@ -317,6 +308,9 @@ impl Site {
         );
     }
 
+    /// The end of a test that passed: the controller stopped, the requests, images, cluster
+    /// (waiting until the static cluster is gone) and both namespaces deleted. A test that
+    /// fails is cleaned up by the drops of [`Controller`] and [`TestNamespace`].
     pub async fn finish(mut self) {
         if let Some(mut c) = self.controller.take() {
             c.kill();
@@ -327,9 +321,6 @@ impl Site {
                 .delete(&ur.metadata.name.unwrap(), &DeleteParams::default())
                 .await;
         }
-        let _ = matrix_api(&self.client)
-            .delete(&self.ns, &DeleteParams::default())
-            .await;
         let images: Vec<String> = ["4.1.6", "4.2.5", "4.3.2"]
             .iter()
             .map(|dv| self.image(dv))
@@ -340,52 +331,7 @@ impl Site {
         )
         .await;
         dcs::delete_namespace(&self.client, &self.ns).await.unwrap();
-        self.platform.delete(&self.client).await;
-        self.finished = true;
-    }
-}
-
-impl Drop for Site {
-    /// A test that did not reach [`Site::finish`] (it failed): stop its controller and delete
-    /// what it made (requests' finalizers released, its matrix, both namespaces), on a runtime
-    /// of its own since the test's may be unwinding.
-    fn drop(&mut self) {
-        if self.finished {
-            return;
-        }
-        if let Some(mut c) = self.controller.take() {
-            c.kill();
-        }
-        let namespaces = [self.ns.clone(), self.platform.namespace.clone()];
-        let kubeconfig = harness::env().kubeconfig.clone();
-        let cleanup = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            rt.block_on(async {
-                let client = crate::testenv::client_from(&kubeconfig).await.ok()?;
-                let requests: Api<UpgradeRequest> = Api::namespaced(client.clone(), &namespaces[0]);
-                for ur in requests.list(&ListParams::default()).await.ok()? {
-                    let _ = requests
-                        .patch(
-                            &ur.metadata.name.unwrap_or_default(),
-                            &kube::api::PatchParams::default(),
-                            &kube::api::Patch::Merge(json!({"metadata": {"finalizers": null}})),
-                        )
-                        .await;
-                }
-                let _ = matrix_api(&client)
-                    .delete(&namespaces[0], &DeleteParams::default())
-                    .await;
-                let all = Api::<k8s_openapi::api::core::v1::Namespace>::all(client);
-                for ns in &namespaces {
-                    let _ = all.delete(ns, &DeleteParams::default()).await;
-                }
-                Some(())
-            })
-        });
-        let _ = cleanup.join();
+        self.ns.finish(&self.client).await;
     }
 }
 

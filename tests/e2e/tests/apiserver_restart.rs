@@ -21,7 +21,7 @@ async fn after_an_api_server_restart_mid_hop_the_next_write_follows_its_gate_wit
         json!({"workers": {"maxConcurrentPools": 2}}),
     )
     .await;
-    let ns = run.ns.clone();
+    let ns = run.ns.to_string();
     let mut controller = Controller::start_with(&ns, &run.platform.controller_args());
     // The second hop's control plane is rolling out.
     run.wait_for_step(&client, 2).await;
@@ -65,5 +65,6 @@ async fn after_an_api_server_restart_mid_hop_the_next_write_follows_its_gate_wit
             "a write came {l:?} after its gate (restart recovery too slow): {lat:?}"
         );
     }
-    harness::delete_namespace(&client, &ns).await;
+    drop(controller);
+    run.finish(&client).await;
 }

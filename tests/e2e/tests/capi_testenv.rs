@@ -179,5 +179,5 @@ async fn capi_webhook_rejects_a_kcp_version_that_skips_a_minor() {
     kcps.patch("skew-cp", &PatchParams::default(), &Patch::Merge(&release))
         .await
         .unwrap();
-    harness::delete_namespace(&client, &ns).await;
+    ns.finish(&client).await;
 }

@@ -97,7 +97,8 @@ async fn static_dcs_cluster_is_rolled_out_by_capi_criteria_and_left_alone() {
     );
     assert_ne!(cluster["spec"]["paused"], true, "not paused for operators");
     assert_eq!(
-        cluster["spec"]["controlPlaneRef"]["namespace"], ns,
+        cluster["spec"]["controlPlaneRef"]["namespace"],
+        ns.name(),
         "Cluster defaulting webhook"
     );
     let kcp = get(
@@ -109,7 +110,8 @@ async fn static_dcs_cluster_is_rolled_out_by_capi_criteria_and_left_alone() {
     )
     .await;
     assert_eq!(
-        kcp["spec"]["machineTemplate"]["infrastructureRef"]["namespace"], ns,
+        kcp["spec"]["machineTemplate"]["infrastructureRef"]["namespace"],
+        ns.name(),
         "KubeadmControlPlane defaulting webhook"
     );
     for m in c.machine_names() {
@@ -198,6 +200,7 @@ async fn static_dcs_cluster_is_rolled_out_by_capi_criteria_and_left_alone() {
     dcs::delete_namespace(&client, &ns)
         .await
         .expect("deleting the test namespace");
+    ns.finish(&client).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -295,6 +298,7 @@ async fn helpers_change_what_a_preflight_sees() {
     dcs::delete_namespace(&client, &ns)
         .await
         .expect("deleting the test namespace");
+    ns.finish(&client).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -330,4 +334,5 @@ async fn kubeconfig_secret_reaches_the_test_control_plane() {
     dcs::delete_namespace(&client, &ns)
         .await
         .expect("deleting the test namespace");
+    ns.finish(&client).await;
 }

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use e2e::assert::{condition, is_stalled};
 use e2e::audit;
 use e2e::capi;
 use e2e::chart;
@@ -36,22 +37,6 @@ async fn connection_counter() -> (u16, Arc<AtomicUsize>) {
         }
     });
     (port, count)
-}
-
-fn stalled(ur: &UpgradeRequest, reason: &str) -> bool {
-    ur.status.as_ref().is_some_and(|s| {
-        s.conditions
-            .iter()
-            .any(|c| c.type_ == "Stalled" && c.status == "True" && c.reason == reason)
-    })
-}
-
-fn condition(ur: &UpgradeRequest, type_: &str) -> (String, String, String) {
-    ur.status
-        .as_ref()
-        .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
-        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
-        .unwrap_or_default()
 }
 
 /// The controller's writes (by the audit log) to cvsh `name` in the platform namespace.
@@ -173,7 +158,7 @@ async fn a_tenant_cluster_named_global_never_reaches_the_global_clusters_shadow(
     .await;
     let ur = site
         .wait("up", "refused as unmapped", |ur| {
-            stalled(ur, "ClusterVersionShadowUnmapped")
+            is_stalled(ur, "ClusterVersionShadowUnmapped")
         })
         .await;
     eprintln!("Name mapping: {}", condition(&ur, "Stalled").2);
@@ -212,7 +197,7 @@ async fn two_namespaces_with_a_cluster_named_prod_each_move_only_their_own_shado
         ..a.cluster.clone()
     };
     let b = StaticDcsCluster {
-        namespace: ns_b.clone(),
+        namespace: ns_b.to_string(),
         ..b
     };
     b.create(&a.client).await.unwrap();
@@ -260,6 +245,7 @@ async fn two_namespaces_with_a_cluster_named_prod_each_move_only_their_own_shado
         "the platform's own `prod` shadow was written"
     );
     dcs::delete_namespace(&a.client, &ns_b).await.unwrap();
+    ns_b.finish(&a.client).await;
     a.finish().await;
 }
 
@@ -281,7 +267,7 @@ async fn a_reference_to_another_kind_is_refused_before_anything_is_read_or_writt
     site.request("up", json!({})).await;
     site.start_controller();
     let ur = site
-        .wait("up", "refused", |ur| stalled(ur, "ReferenceRefused"))
+        .wait("up", "refused", |ur| is_stalled(ur, "ReferenceRefused"))
         .await;
     let message = condition(&ur, "Stalled").2;
     assert!(message.contains("Secret"), "{message}");
@@ -310,7 +296,9 @@ async fn machine_pools_are_refused_up_front() {
     site.request("up", json!({})).await;
     site.start_controller();
     let ur = site
-        .wait("up", "refused", |ur| stalled(ur, "MachinePoolsUnsupported"))
+        .wait("up", "refused", |ur| {
+            is_stalled(ur, "MachinePoolsUnsupported")
+        })
         .await;
     assert!(condition(&ur, "Stalled").2.contains("mp-a"));
     site.assert_untouched().await;
@@ -378,7 +366,7 @@ async fn a_paused_cluster_is_waited_for_and_a_change_behind_the_controller_stall
     .unwrap();
     let ur = site
         .wait("up", "ClusterChangedOutside", |ur| {
-            stalled(ur, "ClusterChangedOutside")
+            is_stalled(ur, "ClusterChangedOutside")
         })
         .await;
     let took = reverted.elapsed();
@@ -413,7 +401,9 @@ async fn a_missing_rbac_rule_shows_in_status_with_the_api_servers_message() {
     site.controller = Some(release.run(&site, &crippled).await);
     site.request("up", json!({})).await;
     let ur = site
-        .wait("up", "Stalled by Forbidden", |ur| stalled(ur, "Forbidden"))
+        .wait("up", "Stalled by Forbidden", |ur| {
+            is_stalled(ur, "Forbidden")
+        })
         .await;
     let message = condition(&ur, "Stalled").2;
     eprintln!("{message}");
@@ -707,5 +697,5 @@ async fn the_api_server_refuses_skipped_safety_checks_and_unbounded_values() {
     api.create(&PostParams::default(), &serde_json::from_value(ok).unwrap())
         .await
         .unwrap();
-    harness::delete_namespace(&client, &ns).await;
+    ns.finish(&client).await;
 }

@@ -449,18 +449,10 @@ async fn a_stalled_cluster_version_operator_stalls_the_request_with_its_reason()
             ur.status.as_ref().and_then(|s| s.phase) == Some(Phase::Stalled)
         })
         .await;
-    let status = ur.status.unwrap();
-    let stalled = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Stalled")
-        .unwrap();
-    assert_eq!(stalled.status, "True");
-    assert_eq!(stalled.reason, "ChartInstallFailed");
+    let message = e2e::assert::stalled_with(&ur, "ChartInstallFailed");
     assert!(
-        stalled.message.contains("chart kube-ovn v4.3.11 failed"),
-        "{}",
-        stalled.message
+        message.contains("chart kube-ovn v4.3.11 failed"),
+        "{message}"
     );
     // Phase 1 was asked for once; no KubeadmControlPlane write happened.
     let cvsh = site.platform.cvsh(&site.client, CLUSTER).await;

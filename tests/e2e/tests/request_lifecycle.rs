@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use e2e::audit;
 use e2e::capi;
-use e2e::harness;
+use e2e::harness::{self, TestNamespace};
 use e2e::platform::Platform;
 use e2e::project::{Controller, create_request, wait_request};
 use k8s_openapi::api::events::v1::Event;
@@ -22,8 +22,8 @@ const WAIT: Duration = Duration::from_secs(600);
 
 /// A 1-CP / 1-worker in-memory cluster `lc` at ACP 4.2.5 (Kubernetes 1.33), rolled out, with
 /// its platform (global at 4.3.2).
-async fn cluster(client: &kube::Client, prefix: &str) -> (String, Platform) {
-    let ns = harness::namespace(client, prefix).await;
+async fn cluster(client: &kube::Client, prefix: &str) -> (TestNamespace, Platform) {
+    let mut ns = harness::namespace(client, prefix).await;
     e2e::project::install(client).await;
     let objects = capi::in_memory_cluster("lc", START, "v133", 1, &[("pool-a", 1)]);
     capi::create_all(client, &ns, &objects).await.unwrap();
@@ -38,6 +38,7 @@ async fn cluster(client: &kube::Client, prefix: &str) -> (String, Platform) {
     .await
     .unwrap();
     let platform = Platform::start(client, &ns, "lc", "4.2.5", "4.3.2").await;
+    ns.delete_with(&platform.namespace);
     (ns, platform)
 }
 
@@ -259,7 +260,7 @@ async fn one_request_per_cluster_wins_truthfully_and_the_other_succeeds_at_its_t
         writes.is_empty(),
         "the controller wrote a finished request: {writes:?}"
     );
-    harness::delete_namespace(&client, &ns).await;
+    ns.finish(&client).await;
     platform.delete(&client).await;
 }
 
@@ -359,6 +360,6 @@ async fn deleting_a_request_mid_hop_lets_the_rollout_finish_and_records_where_it
                 && e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("Cluster")),
         "no Event on the Cluster"
     );
-    harness::delete_namespace(&client, &ns).await;
+    ns.finish(&client).await;
     platform.delete(&client).await;
 }

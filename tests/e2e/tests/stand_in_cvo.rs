@@ -9,7 +9,8 @@
 use std::time::{Duration, Instant};
 
 use e2e::cvo::{self, StandInCvo};
-use e2e::{harness, project};
+use e2e::harness::{self, TestNamespace};
+use e2e::project;
 use futures::TryStreamExt;
 use kube::api::{DynamicObject, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -20,7 +21,7 @@ const TO: &str = "4.3.2";
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The test's own namespace with a stand-in CVO serving it.
-async fn setup(client: &kube::Client, prefix: &str) -> (String, StandInCvo) {
+async fn setup(client: &kube::Client, prefix: &str) -> (TestNamespace, StandInCvo) {
     project::install(client).await;
     let ns = harness::namespace(client, prefix).await;
     let cvo = StandInCvo::start(&ns);
@@ -271,7 +272,7 @@ async fn an_upgrade_walks_core_then_aligned_extensions_and_ends_ready_with_histo
         get(&client, &ns, "prod-a").await["metadata"]["resourceVersion"],
         rv
     );
-    harness::delete_namespace(&client, &ns).await;
+    ns.finish(&client).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -373,7 +374,7 @@ async fn a_failed_preflight_check_blocks_the_upgrade_until_it_passes() {
             .all(|c| c["state"] == "Passed")
     );
     assert_eq!(done["status"]["history"][0]["state"], "Completed");
-    harness::delete_namespace(&client, &ns).await;
+    ns.finish(&client).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -463,5 +464,5 @@ async fn a_stall_stops_at_aligned_extensions_with_its_reason_and_resumes_when_li
         "the resumed upgrade is the same history entry"
     );
     assert_eq!(history[0]["state"], "Completed");
-    harness::delete_namespace(&client, &ns).await;
+    ns.finish(&client).await;
 }

@@ -5,10 +5,10 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use e2e::capi;
 use e2e::engine::*;
 use e2e::harness;
 use e2e::project::{self, Controller, create_request, wait_request};
+use e2e::{assert, capi};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use upgrade_controller::api::{Phase, UpgradeRequest};
@@ -22,7 +22,7 @@ async fn demo_cluster_upgrades_from_4_0_to_4_3_one_minor_at_a_time() {
         json!({"workers": {"maxConcurrentPools": 2}}),
     )
     .await;
-    let ns = run.ns.clone();
+    let ns = run.ns.to_string();
     let _controller = Controller::start_with(&ns, &run.platform.controller_args());
     let (writes, gates) = run.succeeded(&client).await;
 
@@ -46,14 +46,14 @@ async fn demo_cluster_upgrades_from_4_0_to_4_3_one_minor_at_a_time() {
         p(0.99) < Duration::from_secs(3),
         "gate to next write too slow: {lat:?}"
     );
-    harness::delete_namespace(&client, &ns).await;
+    run.finish(&client).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn upgrade_resumes_after_the_controller_is_killed_mid_hop() {
     let client = harness::client().await;
     let run = start_run(&client, "crash", json!({})).await;
-    let ns = run.ns.clone();
+    let ns = run.ns.to_string();
     let mut controller = Controller::start_with(&ns, &run.platform.controller_args());
     // Kill it while the second hop's control plane is rolling out.
     run.wait_for_step(&client, 2).await;
@@ -63,7 +63,7 @@ async fn upgrade_resumes_after_the_controller_is_killed_mid_hop() {
     tokio::time::sleep(Duration::from_secs(5)).await;
     let _controller = Controller::start_with(&ns, &run.platform.controller_args());
     run.succeeded(&client).await;
-    harness::delete_namespace(&client, &ns).await;
+    run.finish(&client).await;
 }
 
 /// Every CAPI object in `ns` without what CAPI's own controllers keep updating (status,
@@ -83,15 +83,7 @@ async fn snapshot(client: &kube::Client, ns: &str) -> BTreeMap<String, Value> {
             .unwrap()
         {
             let mut v = serde_json::to_value(&o).unwrap();
-            let managers: Vec<&str> = v["metadata"]["managedFields"]
-                .as_array()
-                .map(|m| m.iter().filter_map(|e| e["manager"].as_str()).collect())
-                .unwrap_or_default();
-            assert!(
-                !managers.contains(&upgrade_controller::FIELD_MANAGER),
-                "{kind} {:?} has fields written by the controller",
-                o.metadata.name
-            );
+            assert::no_field_of_ours(&v);
             v.as_object_mut().unwrap().remove("status");
             let meta = v["metadata"].as_object_mut().unwrap();
             meta.remove("resourceVersion");
@@ -105,7 +97,8 @@ async fn snapshot(client: &kube::Client, ns: &str) -> BTreeMap<String, Value> {
 #[tokio::test(flavor = "multi_thread")]
 async fn invalid_requests_stall_with_their_reason_and_change_nothing() {
     let client = harness::client().await;
-    let ns = harness::namespace(&client, "invalid").await;
+    let mut ns = harness::namespace(&client, "invalid").await;
+    ns.delete_matrix_with(&format!("gap-{ns}"));
     project::install(&client).await;
     // A paused cluster at 4.1 (Kubernetes 1.32): CAPI leaves it alone, so any change would be ours.
     let mut objects = capi::in_memory_cluster("c41", "v1.32.7", "v132", 1, &[("pool", 1)]);
@@ -172,22 +165,8 @@ async fn invalid_requests_stall_with_their_reason_and_change_nothing() {
             ur.status.as_ref().and_then(|s| s.phase) == Some(Phase::Stalled)
         })
         .await;
-        let status = ur.status.unwrap();
-        let stalled = status
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "Stalled")
-            .unwrap();
-        assert_eq!(stalled.status, "True");
-        assert_eq!(&stalled.reason, reason, "{name}: {}", stalled.message);
-        assert!(!stalled.message.is_empty());
-        let ready = status
-            .conditions
-            .iter()
-            .find(|c| c.type_ == "Ready")
-            .unwrap();
-        assert_eq!(ready.status, "False");
-        eprintln!("{name}: Stalled/{reason}: {}", stalled.message);
+        let message = assert::stalled_with(&ur, reason);
+        eprintln!("{name}: Stalled/{reason}: {message}");
     }
     // After a complete reconcile of every request, prove nothing was written.
     controller.settle(&client, &ns).await;
@@ -230,5 +209,5 @@ async fn invalid_requests_stall_with_their_reason_and_change_nothing() {
         )
         .await
         .unwrap();
-    harness::delete_namespace(&client, &ns).await;
+    ns.finish(&client).await;
 }

@@ -28,7 +28,7 @@ async fn main() -> Result<()> {
     );
     let client = harness::client().await;
     project::install(&client).await;
-    let ns = harness::namespace(&client, "demo").await;
+    let ns = harness::namespace(&client, "demo").await.keep();
 
     eprintln!(
         "== creating in-memory cluster {ns}/demo at {START}: 3 control-plane machines, pools a and b with 2 workers each"
