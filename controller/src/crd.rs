@@ -1,5 +1,5 @@
 //! The generated CustomResourceDefinitions, as written to `config/crd/` and the Helm chart's
-//! `crds/` by `crdgen`.
+//! `crds/` by `crdgen`, and the chart's copy of the version guard.
 
 use kube::CustomResourceExt;
 
@@ -7,6 +7,14 @@ use crate::api::{OSSupportMatrix, UpgradeRequest};
 
 /// Where `crdgen` writes the CRDs, relative to the repository root.
 pub const DIRS: [&str; 2] = ["config/crd", "charts/upgrade-controller/crds"];
+
+/// The version guard (a ValidatingAdmissionPolicy and its binding): written by hand in
+/// `config/admission/`, copied by `crdgen` into the chart, which cannot read outside its
+/// directory. `(source, copy)`, relative to the repository root.
+pub const VERSION_GUARD: (&str, &str) = (
+    "config/admission/version-guard.yaml",
+    "charts/upgrade-controller/files/version-guard.yaml",
+);
 
 /// `(file name, YAML)` for every CRD of the project.
 pub fn files() -> Vec<(String, String)> {

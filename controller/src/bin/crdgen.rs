@@ -1,5 +1,5 @@
 //! Writes the project's CRDs to `config/crd/` and to the Helm chart's `crds/` (or only to the
-//! directory given as the only argument).
+//! directory given as the only argument), and copies the version guard into the chart.
 
 use std::path::PathBuf;
 
@@ -7,10 +7,17 @@ fn main() -> anyhow::Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let dirs = match std::env::args_os().nth(1) {
         Some(dir) => vec![PathBuf::from(dir)],
-        None => upgrade_controller::crd::DIRS
-            .iter()
-            .map(|d| root.join(d))
-            .collect(),
+        None => {
+            let (source, copy) = upgrade_controller::crd::VERSION_GUARD;
+            let copy = root.join(copy);
+            std::fs::create_dir_all(copy.parent().expect("a file in a directory"))?;
+            std::fs::copy(root.join(source), &copy)?;
+            eprintln!("wrote {}", copy.display());
+            upgrade_controller::crd::DIRS
+                .iter()
+                .map(|d| root.join(d))
+                .collect()
+        }
     };
     for dir in dirs {
         std::fs::create_dir_all(&dir)?;

@@ -131,9 +131,12 @@ pub fn localize_webhooks(docs: Vec<Value>, provider: &str, port: u16, ca_pem: &s
 /// `ossupportmatrices`, `ValidatingWebhookConfiguration` -> `validatingwebhookconfigurations`).
 fn plural(kind: &str) -> String {
     let lower = kind.to_ascii_lowercase();
-    match lower.strip_suffix("ix") {
-        Some(stem) => format!("{stem}ices"),
-        None => format!("{lower}s"),
+    if let Some(stem) = lower.strip_suffix("ix") {
+        format!("{stem}ices")
+    } else if let Some(stem) = lower.strip_suffix('y') {
+        format!("{stem}ies")
+    } else {
+        format!("{lower}s")
     }
 }
 
