@@ -53,6 +53,7 @@ pub struct RunOptions {
     pub concurrency: u16,
     /// Where `/metrics`, `/healthz` and `/readyz` are served (`None`: not served).
     pub metrics_addr: Option<std::net::SocketAddr>,
+    pub gitops: crate::observe::inputs::GitOpsConfig,
 }
 
 pub struct Context {
@@ -861,6 +862,7 @@ pub async fn run(client: Client, opts: RunOptions) -> anyhow::Result<()> {
         standby: opts.standby,
         workloads: WorkloadClients::default(),
         claims: Claims::default(),
+        gitops: opts.gitops,
     };
     let ctx = Arc::new(Context::new(sources));
     if let Some(addr) = opts.metrics_addr {

@@ -50,6 +50,15 @@ enum Command {
         metrics_bind_address: String,
         #[command(flatten)]
         platform: PlatformArgs,
+        /// Namespaces besides a request's own where the Flux Kustomizations and Argo CD
+        /// Applications that apply its cluster may be read (comma-separated). A marker on a
+        /// tenant's object naming a rule set elsewhere is not followed.
+        #[arg(long, value_delimiter = ',', default_value = "flux-system,argocd")]
+        gitops_namespaces: Vec<String>,
+        /// Argo CD's own namespace: where an Application named by a tracking id without a
+        /// namespace lives.
+        #[arg(long, default_value = "argocd")]
+        argocd_namespace: String,
     },
     /// Print the hop table for a cluster without changing anything.
     Plan(PlanArgs),
@@ -259,6 +268,8 @@ async fn main() -> anyhow::Result<()> {
             concurrency,
             metrics_bind_address,
             platform,
+            gitops_namespaces,
+            argocd_namespace,
         } => {
             let metrics_addr = match metrics_bind_address.as_str() {
                 "0" => None,
@@ -311,6 +322,14 @@ async fn main() -> anyhow::Result<()> {
                     standby,
                     concurrency,
                     metrics_addr,
+                    gitops: upgrade_controller::observe::inputs::GitOpsConfig {
+                        namespaces: gitops_namespaces
+                            .into_iter()
+                            .map(|n| n.trim().to_string())
+                            .filter(|n| !n.is_empty())
+                            .collect(),
+                        argocd_namespace,
+                    },
                 },
             )
             .await

@@ -287,6 +287,7 @@ fn context(api: &MockApi, caches: Caches) -> Arc<Context> {
         standby: None,
         workloads,
         claims: Claims::default(),
+        gitops: Default::default(),
     }))
 }
 
@@ -484,6 +485,7 @@ async fn a_failed_status_write_after_the_kcp_write_resumes_without_a_second_clon
             w
         },
         claims: Claims::default(),
+        gitops: Default::default(),
     }));
     driver::reconcile(Arc::new(ur), ctx2)
         .await

@@ -117,7 +117,8 @@ pub struct Acknowledgements {
 #[serde(rename_all = "camelCase")]
 pub struct PreflightSpec {
     /// Advisory checks not to run (ControlPlaneHealthy, NodesReady, NoRolloutInProgress,
-    /// IPPoolCapacity, OSImagesStaged); each shows as `Skipped` in `status.preflight.checks`.
+    /// IPPoolCapacity, OSImagesStaged, GitOpsSafe); each shows as `Skipped` in
+    /// `status.preflight.checks`.
     /// The checks that keep the platform consistent cannot be skipped.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
@@ -126,8 +127,8 @@ pub struct PreflightSpec {
     pub skip: Vec<CheckName>,
 }
 
-const SKIP_ONLY_ADVISORY: &str = "self.all(c, c in ['ControlPlaneHealthy', 'NodesReady', 'NoRolloutInProgress', 'IPPoolCapacity', 'OSImagesStaged'])";
-const SKIP_ONLY_ADVISORY_MESSAGE: &str = "only advisory checks can be skipped (ControlPlaneHealthy, NodesReady, NoRolloutInProgress, IPPoolCapacity, OSImagesStaged); TargetRowExists, UpgradePathSupported, NotADowngrade, KubernetesVersionsCompatible, GlobalTierAtTarget, WorkloadBelowGlobal, SingleActiveRequest and PlatformPreflight keep the platform consistent";
+const SKIP_ONLY_ADVISORY: &str = "self.all(c, c in ['ControlPlaneHealthy', 'NodesReady', 'NoRolloutInProgress', 'IPPoolCapacity', 'OSImagesStaged', 'GitOpsSafe'])";
+const SKIP_ONLY_ADVISORY_MESSAGE: &str = "only advisory checks can be skipped (ControlPlaneHealthy, NodesReady, NoRolloutInProgress, IPPoolCapacity, OSImagesStaged, GitOpsSafe); TargetRowExists, UpgradePathSupported, NotADowngrade, KubernetesVersionsCompatible, GlobalTierAtTarget, WorkloadBelowGlobal, SingleActiveRequest and PlatformPreflight keep the platform consistent";
 
 /// The stable names of the preflight checks.
 #[derive(
@@ -170,6 +171,12 @@ pub enum CheckName {
     SingleActiveRequest,
     /// The platform's own preflight (the cluster's ClusterVersionShadow) passed.
     PlatformPreflight,
+    /// No GitOps tool will put back what the controller writes: every Git-managed
+    /// KubeadmControlPlane and MachineDeployment is protected (Flux `ssa`/`reconcile`
+    /// annotation or Kustomization `spec.ignore`; Argo CD `ignoreDifferences` with
+    /// `RespectIgnoreDifferences=true`). Listing it in `spec.preflight.skip` is the explicit
+    /// acknowledgement that a revert is accepted (the version guard then refuses it).
+    GitOpsSafe,
 }
 
 impl CheckName {
@@ -184,6 +191,7 @@ impl CheckName {
             ControlPlaneHealthy
                 | NodesReady
                 | NoRolloutInProgress
+                | GitOpsSafe
                 | IPPoolCapacity
                 | OSImagesStaged
         )
@@ -303,6 +311,37 @@ pub struct UpgradeRequestStatus {
     /// ClusterVersionShadow.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub aligned_extensions: Option<ExtensionsStatus>,
+    /// The cluster's Git-managed KubeadmControlPlane and MachineDeployments, as the last
+    /// preflight found them (empty: none is).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["object"]))]
+    pub gitops: Vec<GitOpsObject>,
+}
+
+/// A Git-managed object of the cluster.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct GitOpsObject {
+    /// `KubeadmControlPlane <name>` or `MachineDeployment <name>`.
+    pub object: String,
+    pub tool: GitOpsTool,
+    /// The Kustomization, HelmRelease or Application that applies it, when its markers say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    /// The markers it was recognised by (labels, annotations, field managers).
+    pub evidence: String,
+    /// Whether the tool leaves the fields this controller writes alone, and why (or why not).
+    pub protected: bool,
+    pub message: String,
+}
+
+/// A GitOps tool, as recognised by its markers (DOMAIN.md §8).
+#[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GitOpsTool {
+    Flux,
+    ArgoCD,
+    /// Another manager applying the version field by server-side apply.
+    Unknown,
 }
 
 /// Result of the last preflight.

@@ -134,10 +134,21 @@ pub fn reference_to(obj: &Value, v1beta2_holder: bool) -> Reference {
 /// The field managers (other than this controller's) that own the field at `path` of an
 /// object with metadata `meta` (`managedFields`; `fieldsV1` keys are `f:<name>`).
 pub fn field_managers(meta: &ObjectMeta, path: &[&str]) -> Vec<String> {
+    managers_of(meta, path, false)
+}
+
+/// [`field_managers`] that own it by server-side apply (operation `Apply`): writers that
+/// re-assert their value on their next apply.
+pub fn apply_managers(meta: &ObjectMeta, path: &[&str]) -> Vec<String> {
+    managers_of(meta, path, true)
+}
+
+fn managers_of(meta: &ObjectMeta, path: &[&str], apply_only: bool) -> Vec<String> {
     let mut out: Vec<String> = meta
         .managed_fields
         .iter()
         .flatten()
+        .filter(|entry| !apply_only || entry.operation.as_deref() == Some("Apply"))
         .filter(|entry| {
             let Some(fields) = &entry.fields_v1 else {
                 return false;

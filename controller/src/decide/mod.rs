@@ -485,6 +485,7 @@ fn record_preflight(
             checks,
         });
     }
+    status.gitops = preflight::gitops::objects(&pobs.gitops);
     if scope == Scope::Initial {
         let patches = pobs
             .workload

@@ -18,6 +18,7 @@ use crate::api::{UpgradeRequest, UpgradeRequestStatus};
 use crate::capi::{self, Reference};
 use crate::error::Error;
 use crate::platform::{self, CvshConfig};
+use crate::preflight::gitops::{self, GitOpsObs, Source, Target};
 use crate::preflight::{
     self, Contender, ImageObs, PreflightObs, Scope, SlotObs, WorkloadObs, WorkloadUnavailable,
 };
@@ -59,6 +60,39 @@ impl Claims {
     }
 }
 
+/// Where the rules of GitOps tools may be read (README "GitOps").
+#[derive(Clone, Debug)]
+pub struct GitOpsConfig {
+    /// Namespaces besides the request's own whose Kustomizations and Applications may be read.
+    pub namespaces: Vec<String>,
+    /// Where an Application named without a namespace lives.
+    pub argocd_namespace: String,
+}
+
+impl Default for GitOpsConfig {
+    fn default() -> Self {
+        GitOpsConfig {
+            namespaces: vec!["flux-system".into(), "argocd".into()],
+            argocd_namespace: "argocd".into(),
+        }
+    }
+}
+
+/// Flux's Kustomization and Argo CD's Application, the rule sets read for GitOpsSafe.
+fn kustomization_resource() -> kube::core::ApiResource {
+    kube::core::ApiResource::from_gvk_with_plural(
+        &kube::core::GroupVersionKind::gvk("kustomize.toolkit.fluxcd.io", "v1", "Kustomization"),
+        "kustomizations",
+    )
+}
+
+fn application_resource() -> kube::core::ApiResource {
+    kube::core::ApiResource::from_gvk_with_plural(
+        &kube::core::GroupVersionKind::gvk("argoproj.io", "v1alpha1", "Application"),
+        "applications",
+    )
+}
+
 /// Where preflight inputs come from.
 #[derive(Clone)]
 pub struct Sources {
@@ -68,6 +102,7 @@ pub struct Sources {
     pub standby: Option<Standby>,
     pub workloads: WorkloadClients,
     pub claims: Claims,
+    pub gitops: GitOpsConfig,
 }
 
 pub(crate) fn not_found(e: &kube::Error) -> bool {
@@ -373,6 +408,8 @@ impl Sources {
             }
         }
 
+        let gitops = self.gitops_obs(&ns, obs).await;
+
         Ok(PreflightObs {
             scope,
             globals,
@@ -381,6 +418,98 @@ impl Sources {
             other_requests,
             slots,
             images,
+            gitops,
         })
+    }
+
+    /// The cluster's Git-managed control plane and pools, each with the rule set (Kustomization
+    /// or Application) its markers name, read only from the request's namespace or one of
+    /// [`GitOpsConfig::namespaces`].
+    async fn gitops_obs(&self, ns: &str, obs: &Observed) -> Vec<GitOpsObs> {
+        let mut objects = Vec::new();
+        if let Some(kcp) = &obs.kcp {
+            objects.push((
+                format!("KubeadmControlPlane {}", capi::name(&kcp.metadata)),
+                Target::of(&kcp.api_version, "KubeadmControlPlane", &kcp.metadata),
+                &kcp.metadata,
+                true,
+                kcp.is_v1beta2(),
+            ));
+        }
+        for md in &obs.mds {
+            objects.push((
+                format!("MachineDeployment {}", capi::name(&md.metadata)),
+                Target::of(&md.api_version, "MachineDeployment", &md.metadata),
+                &md.metadata,
+                false,
+                md.is_v1beta2(),
+            ));
+        }
+        let mut read: HashMap<String, Result<Option<Value>, String>> = HashMap::new();
+        let mut out = Vec::new();
+        for (object, target, meta, control_plane, v1beta2) in objects {
+            let version_path: &[&str] = if control_plane {
+                &["spec", "version"]
+            } else {
+                &["spec", "template", "spec", "version"]
+            };
+            let Some(ownership) = gitops::detect(meta, version_path) else {
+                continue;
+            };
+            let paths = gitops::written_paths(
+                control_plane,
+                v1beta2,
+                meta,
+                gitops::tool_manager(&ownership),
+            );
+            let source = match (&ownership.source, &ownership.opted_out) {
+                (Some(src), None) => {
+                    let key = src.to_string();
+                    if !read.contains_key(&key) {
+                        let value = self.rule_set(ns, src).await;
+                        read.insert(key.clone(), value);
+                    }
+                    read.get(&key).cloned()
+                }
+                _ => None,
+            };
+            out.push(GitOpsObs {
+                object,
+                target,
+                ownership,
+                paths,
+                source,
+            });
+        }
+        out
+    }
+
+    /// Reads the Kustomization or Application `src` names (a HelmRelease is not read: its
+    /// rules cannot protect a field, see [`gitops::protection`]).
+    async fn rule_set(&self, ns: &str, src: &Source) -> Result<Option<Value>, String> {
+        let (namespace, name, ar) = match src {
+            Source::Kustomization { namespace, name } => {
+                (namespace.clone(), name.clone(), kustomization_resource())
+            }
+            Source::Application { namespace, name } => (
+                namespace
+                    .clone()
+                    .unwrap_or_else(|| self.gitops.argocd_namespace.clone()),
+                name.clone(),
+                application_resource(),
+            ),
+            Source::HelmRelease { .. } => return Ok(None),
+        };
+        if namespace != ns && !self.gitops.namespaces.contains(&namespace) {
+            return Err(format!(
+                "namespace {namespace} is neither the request's nor one of --gitops-namespaces ({}); a platform admin adds it there",
+                self.gitops.namespaces.join(",")
+            ));
+        }
+        let api = Api::<DynamicObject>::namespaced_with(self.client.clone(), &namespace, &ar);
+        match api.get_opt(&name).await {
+            Ok(found) => Ok(found.map(|o| serde_json::to_value(o).unwrap_or_default())),
+            Err(e) => Err(describe_error(&e)),
+        }
     }
 }

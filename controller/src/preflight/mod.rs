@@ -4,6 +4,7 @@
 //! Failed and Unknown block, and the message says what was found and the exact fix.
 
 mod capacity;
+pub mod gitops;
 mod health;
 mod images;
 mod platform;
@@ -111,6 +112,8 @@ pub struct PreflightObs {
     pub slots: Vec<SlotObs>,
     /// How each hop image can be confirmed, and whether it was.
     pub images: Vec<ImageObs>,
+    /// The Git-managed KubeadmControlPlane and MachineDeployments, with their tools' rules.
+    pub gitops: Vec<gitops::GitOpsObs>,
 }
 
 /// An OS image of a remaining hop.
@@ -174,6 +177,7 @@ pub fn checks_for(scope: Scope) -> &'static [CheckName] {
             OSImagesStaged,
             SingleActiveRequest,
             PlatformPreflight,
+            GitOpsSafe,
         ],
         Scope::Hop(_) => &[
             ControlPlaneHealthy,
@@ -182,6 +186,7 @@ pub fn checks_for(scope: Scope) -> &'static [CheckName] {
             IPPoolCapacity,
             OSImagesStaged,
             SingleActiveRequest,
+            GitOpsSafe,
         ],
     }
 }
@@ -247,6 +252,7 @@ fn run(name: CheckName, i: &Input<'_>) -> PreflightCheck {
         OSImagesStaged => images::images(i),
         SingleActiveRequest => requests::single_request(i),
         PlatformPreflight => platform::platform_preflight(i),
+        GitOpsSafe => gitops::gitops_safe(i),
     }
 }
 

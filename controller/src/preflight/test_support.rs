@@ -62,6 +62,7 @@ pub(crate) fn pobs() -> PreflightObs {
         other_requests: vec![],
         slots: vec![],
         images: vec![],
+        gitops: vec![],
     }
 }
 

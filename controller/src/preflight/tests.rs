@@ -125,3 +125,56 @@ fn safety_checks_run_even_when_skip_lists_them() {
             .all(|c| c.state != CheckState::Skipped || c.name.skippable())
     );
 }
+
+#[test]
+fn gitops_safe_fails_on_any_unprotected_object_and_can_be_skipped() {
+    use super::gitops::{GitOpsObs, Ownership, Target};
+    use crate::api::GitOpsTool;
+    let target = row("4.3.2", "v1.34.5-3", &["4.0", "4.1", "4.2"]);
+    let applied_by = |manager: &str| GitOpsObs {
+        object: "MachineDeployment md-a".into(),
+        target: Target::default(),
+        ownership: Ownership {
+            tool: GitOpsTool::Unknown,
+            source: None,
+            evidence: vec![format!(
+                "field manager {manager} applies spec.template.spec.version"
+            )],
+            managers: vec![manager.into()],
+            opted_out: None,
+        },
+        paths: vec!["/spec/template/spec/version".into()],
+        source: None,
+    };
+    let mut obs = pobs();
+    obs.gitops = vec![applied_by("terraform")];
+    let run = |skip: &[&str], obs: &PreflightObs| {
+        run_all(
+            &spec(skip),
+            &target,
+            &cvsh("4.0.11"),
+            &[machine("v1.31.14-2", true)],
+            obs,
+        )
+    };
+    let checks = run(&[], &obs);
+    let c = &checks[&CheckName::GitOpsSafe];
+    assert_eq!(c.state, CheckState::Failed);
+    assert_eq!(c.reason, "GitOpsWouldRevert");
+    assert!(
+        c.message
+            .starts_with("MachineDeployment md-a: field manager terraform applies"),
+        "{}",
+        c.message
+    );
+    // Only GitOpsSafe blocks.
+    assert_eq!(
+        blocking(&checks.values().cloned().collect::<Vec<_>>()).len(),
+        1
+    );
+    // The explicit acknowledgement: listed in spec.preflight.skip.
+    let checks = run(&["GitOpsSafe"], &obs);
+    assert_eq!(checks[&CheckName::GitOpsSafe].state, CheckState::Skipped);
+    // Before every hop too.
+    assert!(checks_for(Scope::Hop(2)).contains(&CheckName::GitOpsSafe));
+}
