@@ -450,22 +450,22 @@ async fn main() -> Result<()> {
     eprintln!("bench: fixtures ready in {:?}", created.elapsed());
     let _cvo = cvo::StandInCvo::start_with(PLATFORM_NS, &["--poll-ms", "3000"]);
 
-    // The controller, as the Deployment runs it.
-    let metrics_port = 30990;
-    let mut run_args: Vec<String> = vec![
+    // The controller, as the Deployment runs it (metrics, where the build serves them, on a
+    // free loopback port the harness reads back from its log).
+    let run_args: Vec<String> = vec![
         "run".into(),
         "--log-format=json".into(),
         format!("--cvsh-namespace={PLATFORM_NS}"),
         "--cvsh-mapping=namespaced-name".into(),
     ];
-    let with_metrics = project::controller_supports("--metrics-bind-address");
-    if with_metrics {
-        run_args.push(format!("--metrics-bind-address=127.0.0.1:{metrics_port}"));
-    }
     let started = Instant::now();
     let controller = Controller::start_as("bench", &kubeconfig, &run_args);
     let pid = controller.pid();
-    let metrics_url = with_metrics.then(|| format!("http://127.0.0.1:{metrics_port}/metrics"));
+    let metrics_url = if project::controller_supports("--metrics-bind-address") {
+        Some(controller.metrics_url().await)
+    } else {
+        None
+    };
 
     // Steady state: every fixed request in its phase.
     let requests: Api<UpgradeRequest> = Api::all(client.clone());
@@ -527,11 +527,16 @@ async fn main() -> Result<()> {
             })
             .count()
     };
+    let reconciles_at_quiet_start = reconciles_in(metrics_url.as_deref(), &probe_ns).await;
     let quiet_from = audit_now();
     tokio::time::sleep(Duration::from_secs(10)).await;
     let quiet_to = audit_now();
     let baseline = in_ns_gets(&quiet_from, &quiet_to);
-    let reconciles_before = reconcile_count(metrics_url.as_deref()).await;
+    let reconciles_at_quiet_end = reconciles_in(metrics_url.as_deref(), &probe_ns).await;
+    let reconciles_quiet = match (reconciles_at_quiet_start, &reconciles_at_quiet_end) {
+        (Some(a), Some(b)) => Some(diff(&a, b)),
+        _ => None,
+    };
     let touch_from = audit_now();
     capi::machine_api(&client, &probe_ns)
         .patch(
@@ -543,7 +548,13 @@ async fn main() -> Result<()> {
     tokio::time::sleep(Duration::from_secs(10)).await;
     let touch_to = audit_now();
     let after_touch = in_ns_gets(&touch_from, &touch_to);
-    let reconciles_after = reconcile_count(metrics_url.as_deref()).await;
+    let reconciles_touch = match (
+        reconciles_at_quiet_end,
+        reconciles_in(metrics_url.as_deref(), &probe_ns).await,
+    ) {
+        (Some(a), Some(b)) => Some(diff(&a, &b)),
+        _ => None,
+    };
 
     // The upgrades, one at a time, with the others present.
     let mut latencies = Vec::new();
@@ -584,11 +595,18 @@ async fn main() -> Result<()> {
     );
     println!("| ... by verb | {by_verb:?} |");
     println!("| LISTs in the window | {lists} |");
-    match (reconciles_before, reconciles_after) {
-        (Some(b), Some(a)) => println!(
-            "| reconciles caused by one Machine update (controller's count, 10 s) | {:.0} |",
-            a - b
-        ),
+    match (reconciles_quiet, reconciles_touch) {
+        (Some(quiet), Some(touch)) => {
+            let sum = |m: &BTreeMap<String, f64>| m.values().sum::<f64>();
+            println!(
+                "| reconciles in the touched Machine's namespace ({} requests), 10 s after one Machine update / a quiet 10 s before (controller's per-request counter) | {:.0} / {:.0}; of the touched cluster's request: {:.0} |",
+                args.requests / args.namespaces,
+                sum(&touch),
+                sum(&quiet),
+                touch.get(&probe_cluster).copied().unwrap_or(0.0)
+            );
+            eprintln!("bench: reconciles after the touch, by request: {touch:?}");
+        }
         _ => println!(
             "| reconciles caused by one Machine update (request GETs in its namespace, 10 s, minus a quiet 10 s) | {} ({} − {baseline}) |",
             after_touch.saturating_sub(baseline),
@@ -614,12 +632,34 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
-async fn reconcile_count(metrics_url: Option<&str>) -> Option<f64> {
+/// `upgrade_controller_reconciles_total` of every request in namespace `ns`, by request name.
+async fn reconciles_in(metrics_url: Option<&str>, ns: &str) -> Option<BTreeMap<String, f64>> {
     let body = project::http_get(metrics_url?).await?;
-    body.lines()
-        .find(|l| l.starts_with("upgrade_controller_reconcile_duration_seconds_count"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
+    let mut out = BTreeMap::new();
+    for line in body.lines() {
+        let Some(rest) = line.strip_prefix("upgrade_controller_reconciles_total{") else {
+            continue;
+        };
+        let (labels, value) = rest.split_once("} ")?;
+        let label = |key: &str| {
+            labels
+                .split(',')
+                .find_map(|kv| kv.strip_prefix(&format!("{key}=\"")))
+                .map(|v| v.trim_end_matches('"').to_string())
+        };
+        if label("namespace").as_deref() == Some(ns) {
+            out.insert(label("name")?, value.trim().parse().ok()?);
+        }
+    }
+    Some(out)
+}
+
+/// Per-request increase from `a` to `b` (requests without one left out).
+fn diff(a: &BTreeMap<String, f64>, b: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
+    b.iter()
+        .map(|(k, v)| (k.clone(), v - a.get(k).copied().unwrap_or(0.0)))
+        .filter(|(_, d)| *d > 0.0)
+        .collect()
 }
 
 async fn cluster_exists(client: &kube::Client, ns: &str, name: &str) -> Result<bool> {
