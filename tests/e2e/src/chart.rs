@@ -19,6 +19,10 @@ pub struct Release {
     pub cluster_scoped: Vec<Value>,
     /// ServiceAccount and Deployment.
     pub namespaced: Vec<Value>,
+    /// The version guard (ValidatingAdmissionPolicy and binding): rendered, not applied here,
+    /// since it would guard every suite's namespaces; `version_guard.rs` applies it bound to
+    /// its own namespace.
+    pub admission: Vec<Value>,
 }
 
 impl Release {
@@ -37,6 +41,12 @@ impl Release {
             .iter()
             .filter_map(|d| d["kind"].as_str().map(str::to_string))
             .collect();
+        let (admission, docs): (Vec<Value>, Vec<Value>) = docs.into_iter().partition(|d| {
+            d["kind"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("ValidatingAdmissionPolicy")
+        });
         let (cluster_scoped, namespaced) = docs
             .into_iter()
             .partition(|d| d["kind"].as_str().unwrap_or("").starts_with("Cluster"));
@@ -45,6 +55,7 @@ impl Release {
             kinds,
             cluster_scoped,
             namespaced,
+            admission,
         }
     }
 

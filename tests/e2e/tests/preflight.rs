@@ -480,7 +480,9 @@ async fn the_helm_chart_runs_the_controller_with_only_the_rights_it_grants() {
             "ServiceAccount",
             "ClusterRole",
             "ClusterRoleBinding",
-            "Deployment"
+            "Deployment",
+            "ValidatingAdmissionPolicy",
+            "ValidatingAdmissionPolicyBinding"
         ]
     );
     assert!(

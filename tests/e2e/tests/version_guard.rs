@@ -71,6 +71,34 @@ fn refused_by_guard(result: Result<(), String>, words: &[&str]) {
     eprintln!("refused: {message}");
 }
 
+#[test]
+fn the_chart_installs_the_same_policy_with_its_failure_policy_and_can_leave_it_out() {
+    let shipped = guard_for("x", "x");
+    let rendered = |set: &[String]| -> Vec<Value> {
+        e2e::chart::render("r", "uc-system", set)
+            .into_iter()
+            .filter(|d| {
+                d["kind"]
+                    .as_str()
+                    .unwrap_or("")
+                    .starts_with("ValidatingAdmissionPolicy")
+            })
+            .collect()
+    };
+    let docs = rendered(&[]);
+    assert_eq!(docs.len(), 2, "the policy and its binding");
+    assert_eq!(docs[0]["spec"], shipped[0]["spec"]);
+    assert_eq!(docs[1]["spec"]["policyName"], POLICY);
+    assert_eq!(
+        docs[1]["spec"].get("matchResources"),
+        None,
+        "the chart's binding guards every namespace"
+    );
+    let ignore = rendered(&["versionGuard.failurePolicy=Ignore".to_string()]);
+    assert_eq!(ignore[0]["spec"]["failurePolicy"], "Ignore");
+    assert!(rendered(&["versionGuard.enabled=false".to_string()]).is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_version_guard_refuses_downgrades_and_skips_and_admits_the_rest() {
     let client = harness::client().await;
