@@ -678,6 +678,9 @@ pub async fn run(client: Client, opts: RunOptions) -> anyhow::Result<()> {
         caches.requests.clone(),
         "UpgradeRequest",
     )
+    // The controller's store does not need managedFields (a request's status writes are
+    // most of them).
+    .modify(|ur| ur.metadata.managed_fields = None)
     .reflect(writer)
     .touched_objects();
     let mut controller = Controller::for_stream(requests, reader)

@@ -62,6 +62,10 @@ impl<K> Default for Inner<K> {
 pub struct Cache<K> {
     inner: Arc<RwLock<Inner<K>>>,
     cluster: fn(&K) -> Option<ClusterKey>,
+    /// Whether objects keep their `managedFields` (only where the controller reads them:
+    /// KubeadmControlPlanes and MachineDeployments, for outside changes and GitOps owners).
+    /// Elsewhere they are dropped: they are often most of an object's size.
+    managed_fields: bool,
 }
 
 impl<K> Clone for Cache<K> {
@@ -69,6 +73,7 @@ impl<K> Clone for Cache<K> {
         Self {
             inner: self.inner.clone(),
             cluster: self.cluster,
+            managed_fields: self.managed_fields,
         }
     }
 }
@@ -83,7 +88,28 @@ impl<K: Resource> Cache<K> {
         Self {
             inner: Arc::default(),
             cluster,
+            managed_fields: false,
         }
+    }
+
+    /// [`Cache::new`], keeping each object's `managedFields`.
+    pub fn with_managed_fields(cluster: fn(&K) -> Option<ClusterKey>) -> Self {
+        Self {
+            managed_fields: true,
+            ..Self::new(cluster)
+        }
+    }
+
+    /// The object as stored: without `managedFields` unless this cache keeps them.
+    fn stored(&self, obj: &K) -> Arc<K>
+    where
+        K: Clone,
+    {
+        let mut obj = obj.clone();
+        if !self.managed_fields {
+            obj.meta_mut().managed_fields = None;
+        }
+        Arc::new(obj)
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner<K>> {
@@ -137,7 +163,10 @@ impl<K: Resource> Cache<K> {
     {
         let mut inner = self.write();
         match event {
-            Event::Apply(obj) => self.insert(&mut inner, Arc::new(obj.clone())),
+            Event::Apply(obj) => {
+                let obj = self.stored(obj);
+                self.insert(&mut inner, obj)
+            }
             Event::Delete(obj) => {
                 let key = object_key(obj);
                 Self::unindex(&mut inner, &key);
@@ -145,8 +174,9 @@ impl<K: Resource> Cache<K> {
             }
             Event::Init => inner.init = Some(Vec::new()),
             Event::InitApply(obj) => {
+                let obj = self.stored(obj);
                 if let Some(buffer) = inner.init.as_mut() {
-                    buffer.push(Arc::new(obj.clone()));
+                    buffer.push(obj);
                 }
             }
             Event::InitDone => {
@@ -355,4 +385,49 @@ where
 pub fn summary(counts: &[(&str, usize)]) -> String {
     let by: BTreeMap<&str, usize> = counts.iter().copied().collect();
     format!("{by:?}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::capi::{KubeadmControlPlane, Machine};
+
+    fn with_managed_fields<K: serde::de::DeserializeOwned>(kind: &str) -> K {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "cluster.x-k8s.io/v1beta1", "kind": kind,
+            "metadata": {"name": "a", "namespace": "ns", "managedFields": [
+                {"manager": "kustomize-controller", "operation": "Apply",
+                 "fieldsV1": {"f:spec": {"f:version": {}}}}]},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn managed_fields_are_dropped_except_where_kept() {
+        let machines: Cache<Machine> = Cache::new(|_| None);
+        machines.apply(&Event::Apply(with_managed_fields("Machine")));
+        assert_eq!(
+            machines.get("ns", "a").unwrap().metadata.managed_fields,
+            None
+        );
+        machines.apply(&Event::Init);
+        machines.apply(&Event::InitApply(with_managed_fields("Machine")));
+        machines.apply(&Event::InitDone);
+        assert_eq!(
+            machines.get("ns", "a").unwrap().metadata.managed_fields,
+            None
+        );
+
+        let kcps: Cache<KubeadmControlPlane> = Cache::with_managed_fields(|_| None);
+        kcps.apply(&Event::Apply(with_managed_fields("KubeadmControlPlane")));
+        assert_eq!(
+            kcps.get("ns", "a")
+                .unwrap()
+                .metadata
+                .managed_fields
+                .as_ref()
+                .map(Vec::len),
+            Some(1)
+        );
+    }
 }

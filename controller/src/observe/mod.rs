@@ -91,7 +91,7 @@ impl Caches {
             clusters: Cache::new(|c: &Cluster| {
                 keyed(&c.metadata.namespace, c.metadata.name.clone())
             }),
-            kcps: Cache::new(|k: &KubeadmControlPlane| {
+            kcps: Cache::with_managed_fields(|k: &KubeadmControlPlane| {
                 let owner = k
                     .metadata
                     .owner_references
@@ -104,7 +104,7 @@ impl Caches {
                     owner.or_else(|| label_cluster(&k.metadata)),
                 )
             }),
-            mds: Cache::new(|md: &MachineDeployment| {
+            mds: Cache::with_managed_fields(|md: &MachineDeployment| {
                 keyed(&md.metadata.namespace, Some(md.spec.cluster_name.clone()))
             }),
             machines: Cache::new(|m: &Machine| {

@@ -323,14 +323,43 @@ impl InlineKubeconfig {
 }
 
 /// Workload-cluster clients, one per Cluster, rebuilt when its kubeconfig Secret changes
-/// (a new `resourceVersion`).
+/// (a new `resourceVersion`). At most [`WORKLOAD_CLIENTS_KEPT`] are kept, the least recently
+/// used going first: each holds a connection pool, and a management cluster may have
+/// thousands of clusters of which few are in a preflight at once.
 #[derive(Clone, Default)]
 pub struct WorkloadClients(Arc<Mutex<HashMap<ClusterKey, Built>>>);
 
-/// A client and the Secret `resourceVersion` it was built from.
-type Built = (String, kube::Client);
+/// How many workload clients are kept.
+pub const WORKLOAD_CLIENTS_KEPT: usize = 64;
+
+/// A client, the Secret `resourceVersion` it was built from, and when it was last handed out.
+type Built = (String, kube::Client, std::time::Instant);
 
 impl WorkloadClients {
+    fn keep(&self, key: ClusterKey, version: String, client: kube::Client) {
+        let mut clients = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        clients.insert(key, (version, client, std::time::Instant::now()));
+        while clients.len() > WORKLOAD_CLIENTS_KEPT {
+            let oldest = clients
+                .iter()
+                .min_by_key(|(_, (_, _, used))| *used)
+                .map(|(k, _)| k.clone());
+            match oldest {
+                Some(k) => clients.remove(&k),
+                None => break,
+            };
+        }
+    }
+
+    /// How many clients are kept now.
+    pub fn len(&self) -> usize {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// A client for the workload cluster of Cluster `ns/cluster` from CAPI's
     /// `<cluster>-kubeconfig` Secret (key `value`), which is data only.
     pub async fn client(
@@ -353,9 +382,14 @@ impl WorkloadClients {
         })?;
         let version = secret.metadata.resource_version.clone().unwrap_or_default();
         let key = (ns.to_string(), cluster.to_string());
-        if let Some((v, c)) = self.0.lock().unwrap_or_else(|p| p.into_inner()).get(&key)
+        if let Some((v, c, used)) = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&key)
             && *v == version
         {
+            *used = std::time::Instant::now();
             return Ok(c.clone());
         }
         let data = secret
@@ -373,19 +407,17 @@ impl WorkloadClients {
             .client()
             .await
             .map_err(refused)?;
-        self.0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key, (version, client.clone()));
+        self.keep(key, version, client.clone());
         Ok(client)
     }
 
     /// Uses `client` for Cluster `ns/cluster` while its kubeconfig Secret is at
     /// `resource_version` (a client built elsewhere: tests, or a proxy in front of it).
     pub fn insert(&self, ns: &str, cluster: &str, resource_version: &str, client: kube::Client) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(
+        self.keep(
             (ns.to_string(), cluster.to_string()),
-            (resource_version.to_string(), client),
+            resource_version.to_string(),
+            client,
         );
     }
 
@@ -401,6 +433,41 @@ impl WorkloadClients {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn offline_client() -> kube::Client {
+        let service = tower::service_fn(|_req: http::Request<kube::client::Body>| async {
+            Ok::<_, std::convert::Infallible>(
+                http::Response::builder()
+                    .status(503)
+                    .body(kube::client::Body::empty())
+                    .unwrap(),
+            )
+        });
+        kube::Client::new(service, "default")
+    }
+
+    #[tokio::test]
+    async fn at_most_so_many_workload_clients_are_kept_the_least_recently_used_going_first() {
+        let clients = WorkloadClients::default();
+        for i in 0..WORKLOAD_CLIENTS_KEPT {
+            clients.insert("ns", &format!("c{i}"), "1", offline_client());
+        }
+        assert_eq!(clients.len(), WORKLOAD_CLIENTS_KEPT);
+        // c0 is used again (as `client` does on a hit), so c1 is now the least recent.
+        clients
+            .0
+            .lock()
+            .unwrap()
+            .get_mut(&("ns".to_string(), "c0".to_string()))
+            .unwrap()
+            .2 = std::time::Instant::now();
+        clients.insert("ns", "new", "1", offline_client());
+        assert_eq!(clients.len(), WORKLOAD_CLIENTS_KEPT);
+        let kept = clients.0.lock().unwrap();
+        assert!(kept.contains_key(&("ns".to_string(), "c0".to_string())));
+        assert!(kept.contains_key(&("ns".to_string(), "new".to_string())));
+        assert!(!kept.contains_key(&("ns".to_string(), "c1".to_string())));
+    }
 
     fn kubeconfig(cluster_extra: &str, user: &str) -> String {
         format!(
