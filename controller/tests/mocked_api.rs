@@ -341,18 +341,23 @@ fn observed(caches: &Caches, ur: &UpgradeRequest) -> Observed {
     caches.observe(ur, &cvsh_config())
 }
 
-fn setup(create: StatusCode, status: StatusCode) -> (MockApi, Caches, UpgradeRequest) {
-    let caches = caches("v1.32.7", "t");
-    let ur = request(
+/// Request `REQUEST` for cluster `c`, planned against what `caches` hold.
+fn planned_request(caches: &Caches) -> UpgradeRequest {
+    request(
         "c",
         &observed(
-            &caches,
+            caches,
             &typed(json!({
                 "metadata": {"name": REQUEST, "namespace": NS},
                 "spec": {"clusterName": "c", "targetVersion": "4.2"},
             })),
         ),
-    );
+    )
+}
+
+fn setup(create: StatusCode, status: StatusCode) -> (MockApi, Caches, UpgradeRequest) {
+    let caches = caches("v1.32.7", "t");
+    let ur = planned_request(&caches);
     caches.requests.apply(&Event::Apply(ur.clone()));
     (MockApi::new(step_start_script(create, status)), caches, ur)
 }
@@ -515,16 +520,7 @@ async fn a_failed_status_write_after_the_kcp_write_resumes_without_a_second_clon
 #[tokio::test]
 async fn a_stall_writes_only_status() {
     let caches = caches("v1.32.7", "t");
-    let mut ur = request(
-        "c",
-        &observed(
-            &caches,
-            &typed(json!({
-                "metadata": {"name": REQUEST, "namespace": NS},
-                "spec": {"clusterName": "c", "targetVersion": "4.2"},
-            })),
-        ),
-    );
+    let mut ur = planned_request(&caches);
     // The request names a Cluster that does not exist.
     ur.spec.cluster_name = "missing".into();
     ur.status = None;

@@ -351,13 +351,9 @@ impl WorkloadClients {
         }
     }
 
-    /// How many clients are kept now.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// A client for the workload cluster of Cluster `ns/cluster` from CAPI's

@@ -83,8 +83,6 @@ pub struct Ownership {
     pub source: Option<Source>,
     /// The markers found, for status and messages (`label kustomize.toolkit.fluxcd.io/name=apps`).
     pub evidence: Vec<String>,
-    /// For [`GitOpsTool::Unknown`]: the server-side-apply managers owning the version field.
-    pub managers: Vec<String>,
     /// A per-object annotation that keeps Flux from re-applying it
     /// (`kustomize.toolkit.fluxcd.io/ssa: IfNotPresent`), when set.
     pub opted_out: Option<String>,
@@ -98,12 +96,11 @@ fn annotation<'a>(meta: &'a ObjectMeta, key: &str) -> Option<&'a str> {
     meta.annotations.as_ref()?.get(key).map(String::as_str)
 }
 
-/// Managers with any entry in `managedFields` (`apply_only`: operation `Apply` only).
-fn managers(meta: &ObjectMeta, apply_only: bool) -> Vec<&str> {
+/// Managers with any entry in `managedFields`.
+fn managers(meta: &ObjectMeta) -> Vec<&str> {
     meta.managed_fields
         .iter()
         .flatten()
-        .filter(|e| !apply_only || e.operation.as_deref() == Some("Apply"))
         .filter_map(|e| e.manager.as_deref())
         .collect()
 }
@@ -128,7 +125,7 @@ pub fn parse_tracking_id(id: &str) -> Option<(Option<String>, String)> {
 /// when no tool's marker is on it and no other server-side-apply manager owns the version.
 pub fn detect(meta: &ObjectMeta, version_path: &[&str]) -> Option<Ownership> {
     let namespace = meta.namespace.clone().unwrap_or_default();
-    let all = managers(meta, false);
+    let all = managers(meta);
     let mut evidence = Vec::new();
 
     // Flux first: its labels name the Kustomization or HelmRelease exactly.
@@ -172,7 +169,6 @@ pub fn detect(meta: &ObjectMeta, version_path: &[&str]) -> Option<Ownership> {
             tool: GitOpsTool::Flux,
             source,
             evidence,
-            managers: Vec::new(),
             opted_out,
         });
     }
@@ -204,7 +200,6 @@ pub fn detect(meta: &ObjectMeta, version_path: &[&str]) -> Option<Ownership> {
             tool: GitOpsTool::ArgoCD,
             source,
             evidence,
-            managers: Vec::new(),
             opted_out: None,
         });
     }
@@ -221,7 +216,6 @@ pub fn detect(meta: &ObjectMeta, version_path: &[&str]) -> Option<Ownership> {
             .iter()
             .map(|m| format!("field manager {m} applies {}", version_path.join(".")))
             .collect(),
-        managers: owners,
         opted_out: None,
     })
 }
@@ -775,7 +769,10 @@ mod tests {
         ]}));
         let o = detect(&m, &["spec", "template", "spec", "version"]).unwrap();
         assert_eq!(o.tool, GitOpsTool::Unknown);
-        assert_eq!(o.managers, vec!["terraform"]);
+        assert_eq!(
+            o.evidence,
+            vec!["field manager terraform applies spec.template.spec.version"]
+        );
     }
 
     fn kcp_target() -> Target {
@@ -808,7 +805,6 @@ mod tests {
                     name: "clusters".into(),
                 }),
                 evidence: vec!["label kustomize.toolkit.fluxcd.io/name=clusters".into()],
-                managers: vec![],
                 opted_out: opted_out.map(str::to_string),
             },
             paths: kcp_paths(),
@@ -983,7 +979,6 @@ mod tests {
                     name: "prod".into(),
                 }),
                 evidence: vec![],
-                managers: vec![],
                 opted_out: None,
             },
             paths: p,

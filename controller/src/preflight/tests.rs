@@ -140,7 +140,6 @@ fn gitops_safe_fails_on_any_unprotected_object_and_can_be_skipped() {
             evidence: vec![format!(
                 "field manager {manager} applies spec.template.spec.version"
             )],
-            managers: vec![manager.into()],
             opted_out: None,
         },
         paths: vec!["/spec/template/spec/version".into()],
