@@ -646,7 +646,7 @@ pub async fn run(client: Client, opts: RunOptions) -> anyhow::Result<()> {
         .into_iter()
         .filter(|(k, _)| pool_kinds.contains(&k.as_str()))
     {
-        let c: cache::Cache<DynamicObject> = cache::Cache::new(|o: &DynamicObject| {
+        let mut c: cache::Cache<DynamicObject> = cache::Cache::new(|o: &DynamicObject| {
             capi::label(&o.metadata, capi::CLUSTER_NAME_LABEL).map(|c| {
                 (
                     o.metadata.namespace.clone().unwrap_or_default(),
@@ -654,6 +654,13 @@ pub async fn run(client: Client, opts: RunOptions) -> anyhow::Result<()> {
                 )
             })
         });
+        // Only what the provider counts slots from is kept (a DCSMachine's spec is most of
+        // it, and there is one per Machine).
+        if let Some(provider) = providers::for_slot_kind(&kind) {
+            c = c.trimmed(move |o: &mut DynamicObject| {
+                providers::keep_only(&mut o.data, provider.slot_fields())
+            });
+        }
         caches.pools.insert(kind.clone(), c.clone());
         pool_watches.push((kind, ar, c));
     }

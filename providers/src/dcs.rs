@@ -64,6 +64,9 @@ impl Provider for Dcs {
         Some(pool)
     }
 
+    fn slot_fields(&self) -> &'static [&'static str] {
+        &["spec.pool", "spec.ipHostPoolRef", "status.networkConfig"]
+    }
     fn slot_holder_kind(&self) -> Option<&'static str> {
         Some("DCSMachine")
     }

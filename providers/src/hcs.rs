@@ -42,6 +42,14 @@ impl Provider for Hcs {
         &["providerID", "serverId"]
     }
 
+    fn slot_fields(&self) -> &'static [&'static str] {
+        &[
+            "spec.configs",
+            "status.totalCount",
+            "status.availableCount",
+            "status.usedConfigs",
+        ]
+    }
     fn slot_pool_kind(&self) -> Option<&'static str> {
         Some("HCSMachineConfigPool")
     }

@@ -129,6 +129,12 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     fn free_slots(&self, _pool: &Value, _holders: &[Value]) -> Result<SlotCount, ProviderError> {
         Err(ProviderError::NoSlotPool(self.name()))
     }
+    /// The fields [`Provider::free_slots`] reads of pools and slot holders, as dotted paths
+    /// below the object's top level (`spec.pool`). Watch caches keep only these (and the
+    /// metadata) of such objects: a holder's full spec is most of its size and never read.
+    fn slot_fields(&self) -> &'static [&'static str] {
+        &["spec", "status"]
+    }
     /// How to confirm that the OS image `image` is staged on the platform.
     fn image_lookup(&self, _image: &str) -> ImageLookup {
         ImageLookup::Unverifiable
@@ -139,6 +145,53 @@ static DCS: Dcs = Dcs;
 static HCS: Hcs = Hcs;
 static VSPHERE: Vsphere = Vsphere;
 static CAPD: Capd = Capd;
+
+/// The provider whose slot pools or slot holders are of `kind`.
+pub fn for_slot_kind(kind: &str) -> Option<&'static dyn Provider> {
+    let all: [&'static dyn Provider; 4] = [&DCS, &HCS, &VSPHERE, &CAPD];
+    all.into_iter()
+        .find(|p| p.slot_pool_kind() == Some(kind) || p.slot_holder_kind() == Some(kind))
+}
+
+/// Keeps of `object` its `apiVersion`, `kind` and `metadata`, and of the rest only the dotted
+/// `paths` (see [`Provider::slot_fields`]); everything else is dropped.
+pub fn keep_only(object: &mut Value, paths: &[&str]) {
+    let Some(map) = object.as_object_mut() else {
+        return;
+    };
+    let mut kept = serde_json::Map::new();
+    for top in ["apiVersion", "kind", "metadata"] {
+        if let Some(v) = map.remove(top) {
+            kept.insert(top.to_string(), v);
+        }
+    }
+    'paths: for path in paths {
+        let parts: Vec<&str> = path.split('.').collect();
+        let Some((last, parents)) = parts.split_last() else {
+            continue;
+        };
+        let Some(value) = parents
+            .iter()
+            .try_fold(&*map, |m, part| m.get(*part)?.as_object())
+            .and_then(|parent| parent.get(*last).cloned())
+        else {
+            continue;
+        };
+        let mut target = &mut kept;
+        for part in parents {
+            let entry = target
+                .entry(part.to_string())
+                .or_insert_with(|| Value::Object(Default::default()));
+            match entry {
+                Value::Object(m) => target = m,
+                // An earlier, shorter path already kept this part whole.
+                _ => continue 'paths,
+            }
+        }
+        target.insert(last.to_string(), value);
+    }
+    *map = kept;
+}
 
 /// The provider owning a machine template kind.
 pub fn for_template_kind(kind: &str) -> Result<&'static dyn Provider, ProviderError> {
@@ -499,6 +552,79 @@ mod tests {
         assert_eq!(
             for_template_kind("AWSMachineTemplate").unwrap_err(),
             ProviderError::UnknownKind("AWSMachineTemplate".into())
+        );
+    }
+
+    /// Caches keep only `slot_fields` of pools and holders: the counts must not change, and
+    /// what is dropped must be dropped.
+    #[test]
+    fn slot_counts_are_the_same_from_the_kept_fields_only() {
+        let docs = |s: &str| -> Vec<Value> {
+            serde_yaml_ng::Deserializer::from_str(s)
+                .map(|d| serde::Deserialize::deserialize(d).expect("fixture YAML"))
+                .collect()
+        };
+        let cases: [(&dyn Provider, &str, Vec<Value>); 3] = [
+            (
+                &Dcs,
+                include_str!("fixtures/dcs-iphostnamepool.yaml"),
+                docs(include_str!("fixtures/dcs-machines.yaml")),
+            ),
+            (
+                &Hcs,
+                include_str!("fixtures/hcs-machineconfigpool.yaml"),
+                vec![],
+            ),
+            (
+                &Vsphere,
+                include_str!("fixtures/vsphere-machineconfigpool.yaml"),
+                vec![],
+            ),
+        ];
+        for (provider, pool, holders) in cases {
+            let pool = yaml(pool);
+            let full = provider.free_slots(&pool, &holders).unwrap();
+            let kind = pool["kind"].as_str().unwrap();
+            assert_eq!(for_slot_kind(kind).map(|p| p.name()), Some(provider.name()));
+            let trim = |o: &Value| {
+                let mut o = o.clone();
+                keep_only(&mut o, provider.slot_fields());
+                o
+            };
+            let (pool_kept, holders_kept): (Value, Vec<Value>) =
+                (trim(&pool), holders.iter().map(trim).collect());
+            assert_eq!(
+                provider.free_slots(&pool_kept, &holders_kept).unwrap(),
+                full,
+                "{kind}"
+            );
+            assert_eq!(pool_kept["metadata"], pool["metadata"]);
+            for h in &holders_kept {
+                assert!(h["spec"].get("vmConfig").is_none(), "{h}");
+                assert_eq!(h["spec"].as_object().map(|m| m.len()), Some(1), "{h}");
+            }
+        }
+        assert_eq!(for_slot_kind("DCSMachine").map(|p| p.name()), Some("dcs"));
+        assert!(for_slot_kind("ConfigMap").is_none());
+    }
+
+    #[test]
+    fn keep_only_keeps_the_paths_and_the_metadata() {
+        let mut o = json!({
+            "apiVersion": "v1", "kind": "K", "metadata": {"name": "n"},
+            "spec": {"a": 1, "b": {"c": 2, "d": 3}, "e": "x"},
+            "status": {"f": 4},
+        });
+        keep_only(
+            &mut o,
+            &["spec.b.c", "spec.e", "status.g", "spec.e.h", "nothing.here"],
+        );
+        assert_eq!(
+            o,
+            json!({
+                "apiVersion": "v1", "kind": "K", "metadata": {"name": "n"},
+                "spec": {"b": {"c": 2}, "e": "x"},
+            })
         );
     }
 }

@@ -37,6 +37,9 @@ impl Provider for Vsphere {
         Some("template")
     }
 
+    fn slot_fields(&self) -> &'static [&'static str] {
+        &["spec.configs", "status.configStatuses"]
+    }
     fn slot_pool_kind(&self) -> Option<&'static str> {
         Some("VSphereMachineConfigPool")
     }

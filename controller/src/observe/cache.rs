@@ -66,7 +66,14 @@ pub struct Cache<K> {
     /// KubeadmControlPlanes and MachineDeployments, for outside changes and GitOps owners).
     /// Elsewhere they are dropped: they are often most of an object's size.
     managed_fields: bool,
+    /// What else of an object is dropped before it is stored ([`Cache::trimmed`]).
+    trim: Option<Arc<Trim<K>>>,
 }
+
+type Trim<K> = dyn Fn(&mut K) + Send + Sync;
+
+/// Set by `kubectl apply` (client-side): a copy of the whole object, which nothing here reads.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 impl<K> Clone for Cache<K> {
     fn clone(&self) -> Self {
@@ -74,6 +81,7 @@ impl<K> Clone for Cache<K> {
             inner: self.inner.clone(),
             cluster: self.cluster,
             managed_fields: self.managed_fields,
+            trim: self.trim.clone(),
         }
     }
 }
@@ -89,6 +97,17 @@ impl<K: Resource> Cache<K> {
             inner: Arc::default(),
             cluster,
             managed_fields: false,
+            trim: None,
+        }
+    }
+
+    /// This cache, dropping with `trim` what the controller never reads of its objects before
+    /// they are stored (objects are held for as long as they exist, so their size is the
+    /// controller's memory).
+    pub fn trimmed(self, trim: impl Fn(&mut K) + Send + Sync + 'static) -> Self {
+        Self {
+            trim: Some(Arc::new(trim)),
+            ..self
         }
     }
 
@@ -100,14 +119,22 @@ impl<K: Resource> Cache<K> {
         }
     }
 
-    /// The object as stored: without `managedFields` unless this cache keeps them.
+    /// The object as stored: without `managedFields` unless this cache keeps them, without
+    /// kubectl's last-applied copy, and trimmed.
     fn stored(&self, obj: &K) -> Arc<K>
     where
         K: Clone,
     {
         let mut obj = obj.clone();
+        let meta = obj.meta_mut();
         if !self.managed_fields {
-            obj.meta_mut().managed_fields = None;
+            meta.managed_fields = None;
+        }
+        if let Some(annotations) = meta.annotations.as_mut() {
+            annotations.remove(LAST_APPLIED);
+        }
+        if let Some(trim) = &self.trim {
+            trim(&mut obj);
         }
         Arc::new(obj)
     }
@@ -429,5 +456,42 @@ mod tests {
                 .map(Vec::len),
             Some(1)
         );
+    }
+
+    #[test]
+    fn trimmed_caches_store_only_what_is_kept_and_never_kubectls_copy() {
+        use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+        let ar = ApiResource::from_gvk(&GroupVersionKind::gvk(
+            "infrastructure.cluster.x-k8s.io",
+            "v1beta1",
+            "DCSMachine",
+        ));
+        let mut holder = DynamicObject::new("m", &ar).within("ns");
+        holder.metadata.annotations = Some(
+            [
+                (LAST_APPLIED.to_string(), "{...}".to_string()),
+                ("keep".to_string(), "me".to_string()),
+            ]
+            .into(),
+        );
+        holder.data = serde_json::json!({
+            "spec": {"vmConfig": {"big": true}, "ipHostPoolRef": {"name": "p"}},
+            "status": {"networkConfig": {"ip": "10.0.0.1"}, "addresses": []},
+        });
+        let cache: Cache<DynamicObject> = Cache::new(|_| None).trimmed(|o: &mut DynamicObject| {
+            providers::keep_only(&mut o.data, &["spec.ipHostPoolRef", "status.networkConfig"])
+        });
+        cache.apply(&Event::Apply(holder));
+        let stored = cache.get("ns", "m").unwrap();
+        assert_eq!(
+            stored.data,
+            serde_json::json!({
+                "spec": {"ipHostPoolRef": {"name": "p"}},
+                "status": {"networkConfig": {"ip": "10.0.0.1"}},
+            })
+        );
+        let annotations = stored.metadata.annotations.as_ref().unwrap();
+        assert_eq!(annotations.len(), 1, "{annotations:?}");
+        assert_eq!(annotations["keep"], "me");
     }
 }
