@@ -505,10 +505,11 @@ async fn reconcile_request(cached: &UpgradeRequest, ctx: &Context) -> Result<Act
     }
     if let Some(write) = &decided.write {
         match apply::execute(&sources.client, &sources.cvsh, ur, &status, &obs, write).await {
-            Ok(()) => {
+            Ok(applied) => {
                 match write {
-                    // Found asking for the target already: recorded, nothing written.
-                    Write::RequestExtensions { write: false, .. } => {}
+                    // Found asking for the target already, or handed to Git: recorded,
+                    // nothing written.
+                    _ if !applied.wrote => {}
                     Write::RequestExtensions { .. } => ctx.metrics.wrote("ClusterVersionShadow"),
                     Write::Start { index, .. } => {
                         ctx.metrics
@@ -518,7 +519,13 @@ async fn reconcile_request(cached: &UpgradeRequest, ctx: &Context) -> Result<Act
                             })
                     }
                 }
-                status::record_write(&mut status, write, now, &obs.cvsh_where);
+                status::record_write(
+                    &mut status,
+                    write,
+                    &applied.handed_off,
+                    now,
+                    &obs.cvsh_where,
+                );
                 if matches!(write, Write::RequestExtensions { .. }) {
                     sources.claims.claim(key.clone(), uid.clone());
                 }

@@ -183,6 +183,8 @@ pub enum StallReason {
     ExtensionsStalled,
     // Hops.
     ClusterChangedOutside,
+    /// `Handoff` mode: Git declares other values than the step asks for.
+    GitDeclaresOtherwise,
     RolloutTimeout,
     PoolNotFound,
     TemplateNotFound,
@@ -221,6 +223,7 @@ impl StallReason {
             ExtensionsTargetChanged => "ExtensionsTargetChanged",
             ExtensionsStalled => "ExtensionsStalled",
             ClusterChangedOutside => "ClusterChangedOutside",
+            GitDeclaresOtherwise => "GitDeclaresOtherwise",
             RolloutTimeout => "RolloutTimeout",
             PoolNotFound => "PoolNotFound",
             TemplateNotFound => "TemplateNotFound",

@@ -76,6 +76,37 @@ pub struct UpgradeRequestSpec {
     /// Preflight settings.
     #[serde(default)]
     pub preflight: PreflightSpec,
+
+    /// How a KubeadmControlPlane or MachineDeployment that a GitOps tool applies is moved
+    /// (DESIGN.md "GitOps"; `status.gitops` lists the Git-managed objects).
+    #[serde(default)]
+    pub gitops: GitOpsSpec,
+}
+
+/// See [`UpgradeRequestSpec::gitops`].
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct GitOpsSpec {
+    /// `Direct` (default): the controller writes Git-managed objects too, by server-side
+    /// apply; preflight first checks that the tool leaves those fields alone (an ignore rule
+    /// or annotation) and blocks with the YAML to add when it would not. `Handoff`: the
+    /// controller never writes a Git-managed object. Each step publishes in
+    /// `status.declareInGit` the fields Git must declare (it still creates the cloned
+    /// machine templates, which Git does not own), waits until the live object declares
+    /// exactly that, and then gates on the rollout. Objects no GitOps tool applies are
+    /// written directly in both modes.
+    #[serde(default)]
+    pub mode: GitOpsMode,
+}
+
+/// See [`GitOpsSpec::mode`].
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default,
+)]
+pub enum GitOpsMode {
+    #[default]
+    Direct,
+    Handoff,
 }
 
 /// What the plan is made from (target, matrix, worker strategy) cannot change once the
@@ -316,6 +347,25 @@ pub struct UpgradeRequestStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["object"]))]
     pub gitops: Vec<GitOpsObject>,
+    /// What Git must declare for the cluster's Git-managed objects: in `Handoff` mode, the
+    /// running step's fields (commit exactly these); once the upgrade has finished, in either
+    /// mode, the versions and template names Git should now declare so that it matches the
+    /// cluster.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["object", "field"]))]
+    pub declare_in_git: Vec<GitDeclaration>,
+}
+
+/// One field Git must declare.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct GitDeclaration {
+    /// `KubeadmControlPlane <name>` or `MachineDeployment <name>`.
+    pub object: String,
+    /// Dotted path (`spec.version`, `spec.machineTemplate.infrastructureRef.name`).
+    pub field: String,
+    /// The value: the string itself, or JSON for a list.
+    pub value: String,
 }
 
 /// A Git-managed object of the cluster.
@@ -512,6 +562,10 @@ pub struct PlanStep {
     pub started_at: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<Time>,
+    /// `Handoff` mode: when the Git-managed objects first declared what `declareInGit` asks
+    /// (the step's timeout counts from then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub declared_at: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }

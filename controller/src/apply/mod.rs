@@ -13,9 +13,9 @@ use serde::Serialize;
 use tracing::info;
 
 use crate::FIELD_MANAGER;
-use crate::api::{PlanStepKind, UpgradeRequest, UpgradeRequestStatus};
+use crate::api::{GitDeclaration, PlanStepKind, UpgradeRequest, UpgradeRequestStatus};
 use crate::capi;
-use crate::decide::Write;
+use crate::decide::{Write, handoff};
 use crate::error::{Error, Stall, StallReason};
 use crate::observe::Observed;
 use crate::platform::CvshConfig;
@@ -42,6 +42,15 @@ pub(crate) async fn apply<T: Serialize + std::fmt::Debug>(
     Ok(())
 }
 
+/// What [`execute`] did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Applied {
+    /// Whether an object other than a template clone was written.
+    pub wrote: bool,
+    /// `Handoff` mode: the fields Git must declare instead, for `status.declareInGit`.
+    pub handed_off: Vec<GitDeclaration>,
+}
+
 /// Carries out `write`.
 pub async fn execute(
     client: &Client,
@@ -50,7 +59,7 @@ pub async fn execute(
     status: &UpgradeRequestStatus,
     obs: &Observed,
     write: &Write,
-) -> Result<(), Error> {
+) -> Result<Applied, Error> {
     match write {
         Write::RequestExtensions { version, write } => {
             if *write {
@@ -61,7 +70,10 @@ pub async fn execute(
                 info!(cvsh = %obs.cvsh_where, version, "requesting the Distribution Version");
                 request_extensions(client, cvsh, &name, version).await?;
             }
-            Ok(())
+            Ok(Applied {
+                wrote: *write,
+                handed_off: Vec::new(),
+            })
         }
         Write::Start { index, pools } => start_step(client, ur, status, obs, *index, pools).await,
     }
@@ -87,7 +99,9 @@ async fn request_extensions(
     Ok(())
 }
 
-/// Step `index`'s writes for `pools` (or the control plane).
+/// Step `index`'s writes for `pools` (or the control plane). A Git-managed object in
+/// `Handoff` mode is not written: its clones are made, and the write's fields are returned
+/// for Git to declare.
 async fn start_step(
     client: &Client,
     ur: &UpgradeRequest,
@@ -95,7 +109,8 @@ async fn start_step(
     obs: &Observed,
     index: usize,
     pools: &[String],
-) -> Result<(), Error> {
+) -> Result<Applied, Error> {
+    let mut applied = Applied::default();
     let ns = ur.namespace().unwrap_or_default();
     let step = &status.plan[index];
     let (Some(cluster), Some(kcp), Some(matrix)) = (&obs.cluster, &obs.kcp, &obs.matrix) else {
@@ -152,6 +167,15 @@ async fn start_step(
                 &row.etcd_image_tag,
                 tref,
             );
+            let object = handoff::kcp_object(kcp);
+            if handoff::handed_off(&ur.spec, status, &object) {
+                info!(
+                    kcp = capi::name(&kcp.metadata),
+                    version, "handing the KubeadmControlPlane's fields to Git"
+                );
+                applied.handed_off = handoff::declarations(&object, &write);
+                return Ok(applied);
+            }
             info!(
                 kcp = capi::name(&kcp.metadata),
                 version, "patching KubeadmControlPlane"
@@ -164,7 +188,9 @@ async fn start_step(
                 &write.metadata.name,
                 &write,
             )
-            .await
+            .await?;
+            applied.wrote = true;
+            Ok(applied)
         }
         PlanStepKind::Workers => {
             for pool in pools {
@@ -204,6 +230,17 @@ async fn start_step(
                     _ => None,
                 };
                 let write = capi::md_apply(md, version, tref, bootstrap);
+                let object = handoff::md_object(md);
+                if handoff::handed_off(&ur.spec, status, &object) {
+                    info!(
+                        pool,
+                        version, "handing the MachineDeployment's fields to Git"
+                    );
+                    applied
+                        .handed_off
+                        .extend(handoff::declarations(&object, &write));
+                    continue;
+                }
                 info!(pool, version, "patching MachineDeployment");
                 apply(
                     client,
@@ -214,8 +251,9 @@ async fn start_step(
                     &write,
                 )
                 .await?;
+                applied.wrote = true;
             }
-            Ok(())
+            Ok(applied)
         }
     }
 }

@@ -7,6 +7,7 @@
 //! stopped.
 
 pub mod gate;
+pub mod handoff;
 mod phase_one;
 pub mod plan;
 mod steps;
@@ -61,6 +62,8 @@ pub enum Decision {
     Start { index: usize, pools: Vec<String> },
     /// Step `index` is complete by CAPI's criteria.
     StepDone { index: usize },
+    /// `Handoff` mode: the Git-managed objects of step `index` now declare what it asked.
+    GitDeclared { index: usize },
     /// A rollout is under way (or the workers wait for their control plane); check again on
     /// the next event or after `recheck`.
     Wait {
@@ -203,6 +206,7 @@ pub fn plan_steps(p: &plan::Plan) -> Vec<PlanStep> {
             state: StepState::Pending,
             started_at: None,
             finished_at: None,
+            declared_at: None,
             message: None,
         })
         .collect()
@@ -612,12 +616,26 @@ pub fn pass(
                 );
                 status::push_history(&mut status, now, msg);
             }
-            Decision::Succeeded => return done(status, None, Outcome::Succeeded),
+            Decision::Succeeded => {
+                if let Some(kcp) = &obs.kcp {
+                    status.declare_in_git = handoff::final_values(&status, kcp, &obs.mds);
+                }
+                return done(status, None, Outcome::Succeeded);
+            }
             Decision::Paused => return done(status, None, Outcome::Paused),
             Decision::Start { index, pools } => {
                 let w = Write::Start { index, pools };
                 let recheck = Duration::from_secs(30);
                 return done(status, Some(w), Outcome::Upgrading { recheck });
+            }
+            Decision::GitDeclared { index } => {
+                let step = &mut status.plan[index];
+                step.declared_at = Some(Time(now));
+                let msg = format!(
+                    "step {}: Git declares what the step asked for; its rollout runs",
+                    index + 1
+                );
+                status::push_history(&mut status, now, msg);
             }
             Decision::StepDone { index } => {
                 let step = &mut status.plan[index];
@@ -1174,5 +1192,121 @@ mod tests {
             decide(&spec(true), &status, &o, Timestamp::UNIX_EPOCH),
             Decision::SetPlan { .. }
         ));
+    }
+
+    /// Handoff: a Git-managed KCP's step publishes what Git must declare and waits for it
+    /// without a timeout; the exact values let the rollout gate run (its timeout from then);
+    /// a skipped minor stalls with the difference.
+    #[test]
+    fn handoff_waits_for_git_to_declare_exactly_what_the_step_asks() {
+        let o = obs("v1.32.7", "v1.32.7", true);
+        let mut spec = spec(false);
+        spec.gitops.mode = crate::api::GitOpsMode::Handoff;
+        let mut status = planned(&o, 1);
+        status.current = Some(ClusterVersions {
+            control_plane: "v1.32.7".into(),
+            pools: vec![],
+        });
+        status.gitops = vec![crate::api::GitOpsObject {
+            object: "KubeadmControlPlane c-cp".into(),
+            tool: crate::api::GitOpsTool::Flux,
+            source: None,
+            evidence: "labels".into(),
+            protected: false,
+            message: String::new(),
+        }];
+        assert!(handoff::handed_off(
+            &spec,
+            &status,
+            "KubeadmControlPlane c-cp"
+        ));
+        assert!(!handoff::handed_off(
+            &spec,
+            &status,
+            "MachineDeployment pool"
+        ));
+        // The step starts (apply makes the clone and returns the fields instead of writing).
+        let kcp = o.kcp.as_ref().unwrap();
+        let write = capi::kcp_apply(
+            kcp,
+            "v1.33.7",
+            (1, 33),
+            "1.12.4",
+            "v3.5.21",
+            capi::Reference {
+                api_version: Some("infrastructure.cluster.x-k8s.io/v1beta1".into()),
+                api_group: None,
+                kind: "DevMachineTemplate".into(),
+                name: "t-133".into(),
+                namespace: None,
+            },
+        );
+        let asked = handoff::declarations("KubeadmControlPlane c-cp", &write);
+        status::record_write(
+            &mut status,
+            &Write::Start {
+                index: 0,
+                pools: vec![],
+            },
+            &asked,
+            Timestamp::UNIX_EPOCH,
+            "",
+        );
+        assert_eq!(status.declare_in_git, asked);
+        assert!(status.history[0].message.contains("Git must now declare"));
+
+        // Git has not caught up, long after the timeout: it waits, saying for what.
+        let later = Timestamp::UNIX_EPOCH + SignedDuration::from_hours(5);
+        let Decision::Wait { waiting_for, .. } = decide(&spec, &status, &o, later) else {
+            panic!("expected a wait for Git");
+        };
+        assert!(waiting_for[0].contains("Git to declare"), "{waiting_for:?}");
+        assert!(waiting_for[0].contains("t-133"), "{waiting_for:?}");
+
+        // Git declares exactly that: recorded, then the rollout gate runs.
+        let mut declared = obs("v1.33.7", "v1.32.7", false);
+        {
+            let k = declared.kcp.as_mut().unwrap();
+            k.metadata.annotations =
+                Some([(capi::SKIP_COREDNS_ANNOTATION.to_string(), String::new())].into());
+            k.spec
+                .machine_template
+                .infrastructure_ref
+                .as_mut()
+                .unwrap()
+                .name = "t-133".into();
+        }
+        assert_eq!(
+            decide(&spec, &status, &declared, later),
+            Decision::GitDeclared { index: 0 }
+        );
+        let d = pass(&spec, &status, &declared, later);
+        assert_eq!(d.status.plan[0].declared_at, Some(Time(later)));
+        assert!(
+            matches!(d.outcome, Outcome::Upgrading { .. }),
+            "{:?}",
+            d.outcome
+        );
+        // Its timeout counts from the declaration, not from the step's start.
+        let mut status = d.status;
+        let soon = later + SignedDuration::from_mins(10);
+        assert!(matches!(
+            decide(&spec, &status, &declared, soon),
+            Decision::Wait { index: 0, .. }
+        ));
+        // A commit that skips a minor stalls with the difference.
+        status.plan[0].declared_at = None;
+        let mut skipped = declared.clone();
+        skipped.kcp.as_mut().unwrap().spec.version = "v1.34.2".into();
+        let Decision::Stall(s) = decide(&spec, &status, &skipped, soon) else {
+            panic!("expected a stall");
+        };
+        assert_eq!(s.reason, "GitDeclaresOtherwise");
+        assert!(
+            s.message
+                .contains(r#"spec.version is "v1.34.2", the step needs "v1.33.7""#),
+            "{}",
+            s.message
+        );
     }
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
+use super::handoff::{self, Declared, KCP_VERSION_FIELD, MD_VERSION_FIELD};
 use super::plan::CurrentVersions;
 use super::{Decision, Stall, StallReason, fresh_plan, gate, plan_steps, same_step};
 use crate::api::{
@@ -170,6 +171,52 @@ fn pool_version_before(status: &UpgradeRequestStatus, index: usize, pool: &str) 
         })
 }
 
+/// The version the control plane declared before step `index`: the last finished
+/// control-plane step's, or what it declared when the plan was made.
+fn cp_version_before(status: &UpgradeRequestStatus, index: usize) -> Option<String> {
+    status.plan[..index]
+        .iter()
+        .rev()
+        .find(|s| s.kind == PlanStepKind::ControlPlane)
+        .map(|s| s.kubernetes_version.clone())
+        .or_else(|| status.current.as_ref().map(|c| c.control_plane.clone()))
+}
+
+/// `Handoff` mode: how a Git-managed object stands against what step `number` asked Git to
+/// declare (`None`: nothing was asked of it for this step).
+fn git_declared<T: serde::Serialize>(
+    status: &UpgradeRequestStatus,
+    object: &str,
+    live: &T,
+    version_field: &str,
+    version: &str,
+    before: Option<&str>,
+) -> Option<Declared> {
+    let asked = handoff::asked_for(status, object, version_field, version);
+    if asked.is_empty() {
+        return None;
+    }
+    let live = serde_json::to_value(live).unwrap_or_default();
+    Some(handoff::compare(&live, &asked, version_field, before))
+}
+
+fn git_waits(object: &str, missing: &[String]) -> String {
+    format!(
+        "Git to declare what status.declareInGit lists for {object} ({})",
+        missing.join("; ")
+    )
+}
+
+fn git_otherwise(number: usize, object: &str, diff: &[String]) -> Decision {
+    stall(
+        StallReason::GitDeclaresOtherwise,
+        format!(
+            "step {number}: Git declares other values for {object} than the step needs: {}; commit exactly what status.declareInGit lists",
+            diff.join("; ")
+        ),
+    )
+}
+
 /// Who wrote the field at `path` of an object with metadata `meta`, for messages.
 fn written_by(
     meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
@@ -245,12 +292,7 @@ fn outside_details(
             }
         )
     };
-    let cp_before = status.plan[..index]
-        .iter()
-        .rev()
-        .find(|s| s.kind == PlanStepKind::ControlPlane)
-        .map(|s| s.kubernetes_version.clone())
-        .or_else(|| status.current.as_ref().map(|c| c.control_plane.clone()));
+    let cp_before = cp_version_before(status, index);
     let declared = kcp.spec.version.as_str();
     let landed = step.kind == PlanStepKind::ControlPlane && declared == step.kubernetes_version;
     if let Some(want) = cp_before
@@ -301,6 +343,33 @@ pub(super) fn in_progress_step(
     let step = &status.plan[index];
     let number = index + 1;
     let version = step.kubernetes_version.as_str();
+    // Handoff: the step runs once Git declares what it asked for; until then there is no
+    // rollout to time out.
+    let mut git_pending = false;
+    let mut handed_off = false;
+    if step.kind == PlanStepKind::ControlPlane {
+        let object = handoff::kcp_object(kcp);
+        let before = cp_version_before(status, index);
+        match git_declared(
+            status,
+            &object,
+            kcp,
+            KCP_VERSION_FIELD,
+            version,
+            before.as_deref(),
+        ) {
+            None => {}
+            Some(Declared::Yes) => handed_off = true,
+            Some(Declared::NotYet(missing)) => {
+                return Decision::Wait {
+                    index,
+                    recheck: SignedDuration::from_secs(60),
+                    waiting_for: vec![git_waits(&object, &missing)],
+                };
+            }
+            Some(Declared::Otherwise(diff)) => return git_otherwise(number, &object, &diff),
+        }
+    }
     // Someone else's write to what this step wrote stops the request at once (DESIGN.md
     // "GitOps"), instead of waiting out the rollout timeout.
     if kcp.spec.version != version {
@@ -337,9 +406,6 @@ pub(super) fn in_progress_step(
             }
         }
     }
-    let elapsed = now.duration_since(step.started_at.as_ref().map_or(now, |t| t.0));
-    // Clock skew can put startedAt in the future; that is no time spent.
-    let elapsed = Duration::try_from(elapsed).unwrap_or(Duration::ZERO);
     let (pending, timeout) = match step.kind {
         PlanStepKind::ControlPlane => (
             control_plane_pending(obs, kcp, version),
@@ -358,9 +424,30 @@ pub(super) fn in_progress_step(
                         ),
                     );
                 };
+                let object = handoff::md_object(md);
+                let before = pool_version_before(status, index, pool);
+                match git_declared(
+                    status,
+                    &object,
+                    md,
+                    MD_VERSION_FIELD,
+                    version,
+                    before.as_deref(),
+                ) {
+                    None => {}
+                    Some(Declared::Yes) => handed_off = true,
+                    Some(Declared::NotYet(missing)) => {
+                        git_pending = true;
+                        rolling += 1;
+                        pending.push(git_waits(&object, &missing));
+                        continue;
+                    }
+                    Some(Declared::Otherwise(diff)) => {
+                        return git_otherwise(number, &object, &diff);
+                    }
+                }
                 let declared = md.version();
                 if declared != version {
-                    let before = pool_version_before(status, index, pool);
                     if before.as_deref() != Some(declared) {
                         return changed_outside(
                             &md.metadata,
@@ -402,10 +489,18 @@ pub(super) fn in_progress_step(
             )
         }
     };
+    if handed_off && !git_pending && step.declared_at.is_none() {
+        return Decision::GitDeclared { index };
+    }
     if pending.is_empty() {
         return Decision::StepDone { index };
     }
-    if elapsed > timeout {
+    // A handed-off step's rollout starts when Git has declared it.
+    let since = step.declared_at.as_ref().or(step.started_at.as_ref());
+    let elapsed = now.duration_since(since.map_or(now, |t| t.0));
+    // Clock skew can put startedAt in the future; that is no time spent.
+    let elapsed = Duration::try_from(elapsed).unwrap_or(Duration::ZERO);
+    if elapsed > timeout && !git_pending {
         return stall(
             StallReason::RolloutTimeout,
             format!(

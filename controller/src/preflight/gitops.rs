@@ -613,6 +613,16 @@ pub fn gitops_safe(i: &Input<'_>) -> PreflightCheck {
             "no GitOps tool declares the control plane or the pools",
         );
     }
+    if i.spec.gitops.mode == crate::api::GitOpsMode::Handoff {
+        let objects: Vec<&str> = obs.iter().map(|o| o.object.as_str()).collect();
+        return passed(
+            name,
+            format!(
+                "spec.gitops.mode is Handoff: {} are not written; each step lists in status.declareInGit what Git must declare",
+                objects.join(", ")
+            ),
+        );
+    }
     let mut failed = Vec::new();
     let mut unknown = Vec::new();
     let mut fine = Vec::new();

@@ -7,11 +7,11 @@ use k8s_openapi::jiff::Timestamp;
 use serde_json::Value;
 
 use crate::api::{
-    ExtensionStage, ExtensionsStatus, HistoryEntry, Phase, PlanStepKind, StepState,
+    ExtensionStage, ExtensionsStatus, GitDeclaration, HistoryEntry, Phase, PlanStepKind, StepState,
     UpgradeRequestStatus,
 };
 use crate::capi;
-use crate::decide::{Outcome, Write};
+use crate::decide::{Outcome, Write, handoff};
 use crate::observe::Observed;
 use crate::preflight::{self, review};
 
@@ -75,6 +75,7 @@ fn progress(status: &UpgradeRequestStatus) -> (usize, usize) {
 pub fn record_write(
     status: &mut UpgradeRequestStatus,
     write: &Write,
+    handed_off: &[GitDeclaration],
     now: Timestamp,
     cvsh_where: &str,
 ) {
@@ -106,6 +107,17 @@ pub fn record_write(
                     index + 1,
                     step.kind,
                     step.kubernetes_version
+                );
+                push_history(status, now, msg);
+            }
+            if !handed_off.is_empty() {
+                handoff::publish(status, handed_off);
+                let mut objects: Vec<&str> = handed_off.iter().map(|d| d.object.as_str()).collect();
+                objects.dedup();
+                let msg = format!(
+                    "step {}: Git must now declare the fields status.declareInGit lists for {}",
+                    index + 1,
+                    objects.join(", ")
                 );
                 push_history(status, now, msg);
             }
