@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # Builds the test control plane's binaries from the Go modules beside this script, copies the
-# CAPI CRDs and webhook configurations out of the Go module cache, and prints the directory
-# that holds them (bin/ and manifests/). Binaries are cached outside the repository, keyed by the
-# pinned versions and module files, so a warm run builds nothing.
+# CAPI CRDs and webhook configurations and the Flux CRDs out of the Go module cache, and prints
+# the directory that holds them (bin/ and manifests/). Binaries are cached outside the
+# repository, keyed by the pinned versions and module files, so a warm run builds nothing.
 #
 #   etcd, kube-apiserver, kube-controller-manager, kubectl   (apiserver/, KUBERNETES_VERSION + ETCD_VERSION)
 #   capi-manager, capi-kubeadm-bootstrap-manager,
 #   capi-kubeadm-control-plane-manager, capd-manager   (capi/, CAPI_VERSION)
 #   helm                                               (go install, HELM_VERSION)
+#   kustomize-controller                               (flux/, the version its go.mod requires)
+#
+# manifests/: crd/ (CAPI), webhook/ (CAPI), flux-crd/ (the Kustomization CRD, and the
+# source.toolkit.fluxcd.io CRDs kustomize-controller watches, from the source-controller
+# release whose API it is built against).
 #
 # Environment: UC_CACHE_DIR (default ~/.cache/upgrade-controller) holds the binaries; Go's own
 # GOMODCACHE and GOCACHE are used as configured (both outside the repository by default).
@@ -33,10 +38,10 @@ check_pin apiserver go.etcd.io/etcd/server/v3 "$ETCD_VERSION"
 check_pin capi sigs.k8s.io/cluster-api "$CAPI_VERSION"
 check_pin capi sigs.k8s.io/cluster-api/test "$CAPI_VERSION"
 
-key="$(cd "$here" && { go version; cat versions.env apiserver/go.mod apiserver/go.sum apiserver/etcd/main.go capi/go.mod capi/go.sum build.sh; } | sha256sum | cut -c1-16)"
+key="$(cd "$here" && { go version; cat versions.env apiserver/go.mod apiserver/go.sum apiserver/etcd/main.go capi/go.mod capi/go.sum flux/go.mod flux/go.sum build.sh; } | sha256sum | cut -c1-16)"
 cache="${UC_CACHE_DIR:-$HOME/.cache/upgrade-controller}/testenv"
 out="$cache/$key"
-bins=(etcd kube-apiserver kube-controller-manager kubectl capi-manager capi-kubeadm-bootstrap-manager capi-kubeadm-control-plane-manager capd-manager helm)
+bins=(etcd kube-apiserver kube-controller-manager kubectl capi-manager capi-kubeadm-bootstrap-manager capi-kubeadm-control-plane-manager capd-manager helm kustomize-controller)
 
 complete() {
 	for b in "${bins[@]}"; do [ -x "$out/bin/$b" ] || return 1; done
@@ -50,7 +55,7 @@ fi
 
 tmp="$cache/tmp.$key.$$"
 rm -rf "$tmp"
-mkdir -p "$tmp/bin" "$tmp/manifests/crd" "$tmp/manifests/webhook"
+mkdir -p "$tmp/bin" "$tmp/manifests/crd" "$tmp/manifests/webhook" "$tmp/manifests/flux-crd"
 trap 'rm -rf "$tmp"' EXIT
 start=$SECONDS
 
@@ -106,6 +111,31 @@ rm -rf "$src"
 log "building helm $HELM_VERSION"
 # `go install pkg@version` builds with helm's own go.mod and go.sum, outside our modules.
 GOFLAGS= GOBIN="$tmp/bin" go install -trimpath -ldflags "-s -w" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+
+# Flux: kustomize-controller from flux/go.mod (which also copies its replace lines; see
+# flux/README.md). Its CRDs: the Kustomization CRD from its own module, and the source CRDs
+# from github.com/fluxcd/source-controller at the version of the source-controller/api module
+# kustomize-controller is built against (the api module carries no YAML). That module is not
+# in flux/'s build list, so it is downloaded by version (checked against the Go checksum
+# database, as every module is; flux/go.sum stays as `go mod tidy` leaves it). Besides
+# ExternalArtifact, kustomize-controller watches GitRepositories, OCIRepositories and Buckets
+# and does not start without their CRDs.
+kc_version="$(cd "$here/flux" && go list -m -f '{{.Version}}' github.com/fluxcd/kustomize-controller)"
+log "building Flux kustomize-controller $kc_version"
+(cd "$here/flux" && go build -trimpath -ldflags "-s -w" -o "$tmp/bin/" github.com/fluxcd/kustomize-controller)
+kc_dir="$(cd "$here/flux" && go list -m -f '{{.Dir}}' github.com/fluxcd/kustomize-controller)"
+sc_version="$(cd "$here/flux" && go list -m -f '{{.Version}}' github.com/fluxcd/source-controller/api)"
+sc_dir="$(cd "$here/flux" && go mod download -json "github.com/fluxcd/source-controller@$sc_version" |
+	sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
+if [ ! -d "$sc_dir/config/crd/bases" ] ||
+	! grep -q "github.com/fluxcd/source-controller/api $sc_version\$" "$sc_dir/go.mod"; then
+	log "github.com/fluxcd/source-controller@$sc_version (at '$sc_dir') is not the release of source-controller/api $sc_version; update build.sh"
+	exit 1
+fi
+cp "$kc_dir/config/crd/bases/kustomize.toolkit.fluxcd.io_kustomizations.yaml" "$tmp/manifests/flux-crd/"
+for kind in externalartifacts gitrepositories ocirepositories buckets; do
+	cp "$sc_dir/config/crd/bases/source.toolkit.fluxcd.io_$kind.yaml" "$tmp/manifests/flux-crd/"
+done
 
 # CRDs and webhook configurations as each provider publishes them; testenv applies them after
 # adding what clusterctl and kustomize normally add (contract labels, webhook URLs, CA bundle).
