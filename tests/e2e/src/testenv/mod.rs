@@ -1,10 +1,12 @@
 //! The test control plane: etcd, kube-apiserver, kube-controller-manager (garbage collector and
-//! namespace controllers only) and the Cluster API managers (core, kubeadm bootstrap,
+//! namespace controllers only), the Cluster API managers (core, kubeadm bootstrap,
 //! KubeadmControlPlane, and CAPD whose DevMachine `backend.inMemory` fakes machines, nodes, the
-//! workload API server and etcd), all as local processes bound to 127.0.0.1.
+//! workload API server and etcd) and Flux's kustomize-controller (every namespace, with the
+//! `ExternalArtifact` source kind that [`crate::flux`] serves), all as local processes bound to
+//! 127.0.0.1.
 //!
-//! Binaries and the CAPI manifests come from `tests/e2e/testenv/build.sh` (cached outside the
-//! repository). State lives in one directory (`UC_TESTENV_DIR`, default
+//! Binaries and the CAPI and Flux manifests come from `tests/e2e/testenv/build.sh` (cached
+//! outside the repository). State lives in one directory (`UC_TESTENV_DIR`, default
 //! `$TMPDIR/upgrade-controller-testenv`): PKI, etcd data, logs, the admin kubeconfig and
 //! `env.json`, which lets a later run reuse a running environment.
 
@@ -36,6 +38,9 @@ const MANAGERS: [(&str, &str); 4] = [
     ),
     ("capd-manager", "capd"),
 ];
+
+/// Flux's kustomize-controller (its binary, process and log name).
+const KUSTOMIZE_CONTROLLER: &str = "kustomize-controller";
 
 /// Where things live and which ports they use. Ports are `base + offset`; the base keeps clear
 /// of the kernel's ephemeral port range and of CAPD's in-memory workload API servers, which
@@ -90,6 +95,8 @@ impl Config {
             let (a, b, c) = self.manager_ports(i);
             ports.extend([a, b, c]);
         }
+        let (metrics, health) = self.kustomize_controller_ports();
+        ports.extend([metrics, health]);
         ports
     }
 
@@ -111,6 +118,10 @@ impl Config {
     /// Webhook, health and diagnostics (metrics) ports of the i-th CAPI manager.
     fn manager_ports(&self, i: u16) -> (u16, u16, u16) {
         (self.port(501 + i), self.port(511 + i), self.port(521 + i))
+    }
+    /// Metrics and health-probe ports of kustomize-controller.
+    fn kustomize_controller_ports(&self) -> (u16, u16) {
+        (self.port(531), self.port(532))
     }
     pub fn kubeconfig_path(&self) -> PathBuf {
         self.state_dir.join("kubeconfig")
@@ -597,6 +608,7 @@ fn start(cfg: &Config, build_dir: &Path) -> Result<Running> {
     let crd_dir = build_dir.join("manifests/crd");
     rt.block_on(async {
         manifests::install_crds(&client, &crd_dir, true).await?;
+        manifests::install_crds(&client, &build_dir.join("manifests/flux-crd"), false).await?;
         for (i, (_, provider)) in MANAGERS.iter().enumerate() {
             let (webhook_port, _, _) = cfg.manager_ports(i as u16);
             let docs = read_yaml_docs(
@@ -642,11 +654,51 @@ fn start(cfg: &Config, build_dir: &Path) -> Result<Running> {
         )?;
         managers.push((*name, pid, loopback(health_port)));
     }
+
+    // Flux's kustomize-controller as the admin, as a single replica, reaching nothing outside
+    // this machine: no notification-controller to post events to (they stay Kubernetes
+    // Events), no remote kustomize bases. Its temporary directories are its own: at start it
+    // deletes every `kustomization-*` directory in TMPDIR, another environment's too.
+    let (metrics_port, health_port) = cfg.kustomize_controller_ports();
+    let tmp = cfg.state_dir.join("tmp").join(KUSTOMIZE_CONTROLLER);
+    std::fs::create_dir_all(&tmp)?;
+    let flux_pid = launch(
+        Spec {
+            name: KUSTOMIZE_CONTROLLER,
+            program: bin(KUSTOMIZE_CONTROLLER),
+            args: vec![
+                "--watch-all-namespaces=true".into(),
+                "--feature-gates=ExternalArtifact=true".into(),
+                format!("--metrics-addr=127.0.0.1:{metrics_port}"),
+                format!("--health-addr=127.0.0.1:{health_port}"),
+                "--events-addr=".into(),
+                "--enable-leader-election=false".into(),
+                "--no-remote-bases=true".into(),
+            ],
+            env: vec![("KUBECONFIG", kubeconfig.clone()), ("TMPDIR", p(&tmp))],
+        },
+        &mut running,
+    )?;
+
     for (name, pid, health) in managers {
         process::wait_until(name, pid, Duration::from_secs(120), || {
             process::http_ok(health, "/readyz")
         })?;
     }
+    // Its /readyz answers before its caches have synced; the Kustomization controller logs
+    // "Starting workers" once they have (and exits if a watched kind has no CRD).
+    let flux_log = log_dir.join(format!("{KUSTOMIZE_CONTROLLER}.log"));
+    process::wait_until(
+        KUSTOMIZE_CONTROLLER,
+        flux_pid,
+        Duration::from_secs(120),
+        || {
+            process::http_ok(loopback(health_port), "/readyz")
+                && process::tail(&flux_log, 2000).lines().any(|l| {
+                    l.contains("Starting workers") && l.contains(r#""controller":"kustomization""#)
+                })
+        },
+    )?;
     Ok(running)
 }
 
