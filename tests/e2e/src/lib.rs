@@ -14,6 +14,7 @@ pub mod cvo;
 pub mod dcs;
 pub mod engine;
 pub mod fixture;
+pub mod flux;
 pub mod harness;
 pub mod platform;
 pub mod project;
