@@ -73,12 +73,20 @@ pub fn binary(package: &str, name: &str) -> PathBuf {
             build.env_remove(key.as_ref());
         }
     }
+    // The profile of the running executable (`make bench` runs a release build).
+    let exe = std::env::current_exe().expect("test executable path");
+    if exe
+        .ancestors()
+        .nth(1)
+        .is_some_and(|d| d.ends_with("release") || d.ends_with("release/deps"))
+    {
+        build.arg("--release");
+    }
     let status = build
         .status()
         .unwrap_or_else(|e| panic!("running cargo build for {name}: {e}"));
     assert!(status.success(), "building {name} failed");
-    // Binaries live in <target>/debug, integration tests one level down in debug/deps.
-    let exe = std::env::current_exe().expect("test executable path");
+    // Binaries live in <target>/<profile>, integration tests one level down in deps.
     let mut dir = exe.parent().expect("executable directory");
     if dir.ends_with("deps") {
         dir = dir.parent().expect("target profile directory");
