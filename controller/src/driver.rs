@@ -53,6 +53,9 @@ pub struct RunOptions {
     pub concurrency: u16,
     /// Where `/metrics`, `/healthz` and `/readyz` are served (`None`: not served).
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Where the validating webhook is served, and its certificate directory (`None`: not
+    /// served).
+    pub webhook: Option<(std::net::SocketAddr, std::path::PathBuf)>,
     pub gitops: crate::observe::inputs::GitOpsConfig,
 }
 
@@ -890,6 +893,12 @@ pub async fn run(client: Client, opts: RunOptions) -> anyhow::Result<()> {
                 warn!("the metrics server stopped: {e}");
             }
         });
+    }
+    if let Some((addr, cert_dir)) = opts.webhook.clone() {
+        let (bound, server) =
+            crate::admission::server::serve(addr, cert_dir, client.clone(), caches.clone()).await?;
+        info!(address = %bound, path = crate::admission::server::PATH, "serving the validating webhook");
+        tokio::spawn(server);
     }
     info!(
         namespace = opts.namespace.as_deref().unwrap_or("*"),

@@ -16,6 +16,7 @@ pub fn user_agent() -> http::HeaderValue {
     http::HeaderValue::from_static(concat!("upgrade-controller/", env!("CARGO_PKG_VERSION")))
 }
 
+pub mod admission;
 pub mod api;
 pub mod apply;
 pub mod capi;

@@ -48,6 +48,15 @@ enum Command {
         /// one, logged at start; `0` alone turns them off).
         #[arg(long, default_value = "0.0.0.0:8080")]
         metrics_bind_address: String,
+        /// Address of the validating webhook (`/validate`, HTTPS; `host:port`, `0` turns it
+        /// off): refuses a MachineDeployment newer than its control plane, and a version
+        /// whose machine template lacks that minor's matrix image (README "Admission").
+        #[arg(long, default_value = "0")]
+        webhook_bind_address: String,
+        /// Directory holding the webhook's `tls.crt` and `tls.key` (a mounted
+        /// `kubernetes.io/tls` Secret); files that change are read again.
+        #[arg(long, default_value = "/tmp/k8s-webhook-server/serving-certs")]
+        webhook_cert_dir: std::path::PathBuf,
         #[command(flatten)]
         platform: PlatformArgs,
         /// Namespaces besides a request's own where the Flux Kustomizations and Argo CD
@@ -267,6 +276,8 @@ async fn main() -> anyhow::Result<()> {
             capi_api_version,
             concurrency,
             metrics_bind_address,
+            webhook_bind_address,
+            webhook_cert_dir,
             platform,
             gitops_namespaces,
             argocd_namespace,
@@ -278,6 +289,17 @@ async fn main() -> anyhow::Result<()> {
                         "--metrics-bind-address {addr:?}: want host:port such as 0.0.0.0:8080, or 0"
                     )
                 })?),
+            };
+            let webhook = match webhook_bind_address.as_str() {
+                "0" => None,
+                addr => Some((
+                    addr.parse().with_context(|| {
+                        format!(
+                            "--webhook-bind-address {addr:?}: want host:port such as 0.0.0.0:9443, or 0"
+                        )
+                    })?,
+                    webhook_cert_dir,
+                )),
             };
             let mut config = kube::Config::infer().await?;
             // Every request says who sent it (API server audit logs, metrics by user agent).
@@ -322,6 +344,7 @@ async fn main() -> anyhow::Result<()> {
                     standby,
                     concurrency,
                     metrics_addr,
+                    webhook,
                     gitops: upgrade_controller::observe::inputs::GitOpsConfig {
                         namespaces: gitops_namespaces
                             .into_iter()
