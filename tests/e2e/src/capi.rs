@@ -188,3 +188,25 @@ where
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
+
+/// A dry-run merge patch of `name`: Ok, or the API server's refusal message (admission tests
+/// try refused writes this way, so a refusal that did not happen changes nothing).
+pub async fn dry_run_patch(
+    api: &kube::Api<kube::api::DynamicObject>,
+    name: &str,
+    patch: serde_json::Value,
+) -> Result<(), String> {
+    use kube::api::{Patch, PatchParams};
+    match api
+        .patch(
+            name,
+            &PatchParams::default().dry_run(),
+            &Patch::Merge(&patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) => Err(e.message),
+        Err(e) => panic!("patching {name}: {e}"),
+    }
+}

@@ -17,11 +17,12 @@ pub struct Release {
     pub kinds: Vec<String>,
     /// ClusterRole and ClusterRoleBinding.
     pub cluster_scoped: Vec<Value>,
-    /// ServiceAccount and Deployment.
+    /// ServiceAccount, Deployment, and the webhook's Secret and Service.
     pub namespaced: Vec<Value>,
-    /// The version guard (ValidatingAdmissionPolicy and binding): rendered, not applied here,
-    /// since it would guard every suite's namespaces; `version_guard.rs` applies it bound to
-    /// its own namespace.
+    /// The version guard (ValidatingAdmissionPolicy and binding) and the webhook
+    /// configuration: rendered, not applied here, since they would guard every suite's
+    /// namespaces; `version_guard.rs` and `admission_webhook.rs` apply them bound to their own
+    /// namespace.
     pub admission: Vec<Value>,
 }
 
@@ -41,12 +42,9 @@ impl Release {
             .iter()
             .filter_map(|d| d["kind"].as_str().map(str::to_string))
             .collect();
-        let (admission, docs): (Vec<Value>, Vec<Value>) = docs.into_iter().partition(|d| {
-            d["kind"]
-                .as_str()
-                .unwrap_or("")
-                .starts_with("ValidatingAdmissionPolicy")
-        });
+        let (admission, docs): (Vec<Value>, Vec<Value>) = docs
+            .into_iter()
+            .partition(|d| d["kind"].as_str().unwrap_or("").starts_with("Validating"));
         let (cluster_scoped, namespaced) = docs
             .into_iter()
             .partition(|d| d["kind"].as_str().unwrap_or("").starts_with("Cluster"));
@@ -93,7 +91,44 @@ impl Release {
             .as_str()
             .expect("serviceAccountName");
         let kubeconfig = service_account_kubeconfig(&site.client, &site.ns, sa).await;
-        Controller::start_as(&format!("{}-chart", site.ns), &kubeconfig, &self.args())
+        Controller::start_as(
+            &format!("{}-chart", site.ns),
+            &kubeconfig,
+            &self.local_args(),
+        )
+    }
+
+    /// [`Release::args`] for a process on this machine: the webhook on a free loopback port,
+    /// with the certificate the chart generated written where the Secret would be mounted.
+    fn local_args(&self) -> Vec<String> {
+        let secret = self
+            .namespaced
+            .iter()
+            .find(|d| d["kind"] == "Secret" && d["type"] == "kubernetes.io/tls");
+        self.args()
+            .into_iter()
+            .map(|a| {
+                if a.starts_with("--webhook-bind-address=") {
+                    "--webhook-bind-address=127.0.0.1:0".to_string()
+                } else if a.starts_with("--webhook-cert-dir=") {
+                    let secret = secret.expect("the chart renders the webhook's certificate");
+                    let dir = harness::env()
+                        .kubeconfig
+                        .with_file_name(format!("webhook-{}", self.name));
+                    std::fs::create_dir_all(&dir).unwrap();
+                    for key in ["tls.crt", "tls.key"] {
+                        use base64::Engine;
+                        let pem = base64::engine::general_purpose::STANDARD
+                            .decode(secret["data"][key].as_str().unwrap())
+                            .unwrap();
+                        std::fs::write(dir.join(key), pem).unwrap();
+                    }
+                    format!("--webhook-cert-dir={}", dir.display())
+                } else {
+                    a
+                }
+            })
+            .collect()
     }
 
     /// Deletes the cluster-scoped objects (the namespaced ones go with the namespace).

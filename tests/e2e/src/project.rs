@@ -213,30 +213,33 @@ impl Controller {
         if let Some(url) = self.metrics_url.get() {
             return url.clone();
         }
+        let addr = self.logged_address("serving /metrics").await;
+        let url = format!("http://{addr}/metrics");
+        let _ = self.metrics_url.set(url.clone());
+        url
+    }
+
+    /// The loopback address (`127.0.0.1:port`) this process logged on the line with `marker`
+    /// (waits up to 60 s).
+    pub async fn logged_address(&self, marker: &str) -> String {
         let start = Instant::now();
         loop {
             let text = std::fs::read(&self.log).unwrap_or_default();
             let mine = String::from_utf8_lossy(&text[(self.log_from as usize).min(text.len())..])
                 .to_string();
-            if let Some(addr) = mine
-                .lines()
-                .filter(|l| l.contains("serving /metrics"))
-                .find_map(|l| {
-                    let at = l.find("127.0.0.1:")?;
-                    let port: String = l[at + 10..]
-                        .chars()
-                        .take_while(char::is_ascii_digit)
-                        .collect();
-                    (!port.is_empty()).then(|| format!("127.0.0.1:{port}"))
-                })
-            {
-                let url = format!("http://{addr}/metrics");
-                let _ = self.metrics_url.set(url.clone());
-                return url;
+            if let Some(addr) = mine.lines().filter(|l| l.contains(marker)).find_map(|l| {
+                let at = l.find("127.0.0.1:")?;
+                let port: String = l[at + 10..]
+                    .chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect();
+                (!port.is_empty()).then(|| format!("127.0.0.1:{port}"))
+            }) {
+                return addr;
             }
             assert!(
                 start.elapsed() < Duration::from_secs(60),
-                "the controller never logged its metrics address ({})",
+                "the controller never logged {marker:?} with an address ({})",
                 self.log.display()
             );
             tokio::time::sleep(Duration::from_millis(100)).await;

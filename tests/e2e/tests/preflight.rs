@@ -478,11 +478,14 @@ async fn the_helm_chart_runs_the_controller_with_only_the_rights_it_grants() {
         release.kinds,
         [
             "ServiceAccount",
+            "Secret",
             "ClusterRole",
             "ClusterRoleBinding",
+            "Service",
             "Deployment",
             "ValidatingAdmissionPolicy",
-            "ValidatingAdmissionPolicyBinding"
+            "ValidatingAdmissionPolicyBinding",
+            "ValidatingWebhookConfiguration"
         ]
     );
     assert!(
@@ -496,6 +499,12 @@ async fn the_helm_chart_runs_the_controller_with_only_the_rights_it_grants() {
     // Preflight (pools, machines, Secrets, ConfigMaps, requests), Phase 1 (cvsh), the template
     // clone and the KCP write all happen with the ClusterRole's rights alone.
     site.assert_proceeds("up", "v1.34.5-3", "4.3.2").await;
+    // The webhook runs on the certificate the chart generated for its Service.
+    site.controller
+        .as_ref()
+        .unwrap()
+        .logged_address("serving the validating webhook")
+        .await;
     let log = std::fs::read_to_string(&site.controller.as_ref().unwrap().log).unwrap();
     assert!(
         !log.to_lowercase().contains("forbidden"),

@@ -34,21 +34,7 @@ fn guard_for(ns: &str, name: &str) -> Vec<Value> {
     docs
 }
 
-/// A dry-run merge patch: Ok, or the API server's refusal message.
-async fn try_patch(api: &Api<DynamicObject>, name: &str, patch: Value) -> Result<(), String> {
-    match api
-        .patch(
-            name,
-            &PatchParams::default().dry_run(),
-            &Patch::Merge(&patch),
-        )
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) => Err(e.message),
-        Err(e) => panic!("patching {name}: {e}"),
-    }
-}
+use e2e::capi::dry_run_patch as try_patch;
 
 fn kcp_version(v: &str) -> Value {
     json!({"spec": {"version": v}})
