@@ -15,6 +15,7 @@ pub mod dcs;
 pub mod engine;
 pub mod fixture;
 pub mod flux;
+pub mod gitops;
 pub mod harness;
 pub mod platform;
 pub mod project;
