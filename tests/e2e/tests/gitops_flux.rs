@@ -7,6 +7,12 @@
 //!   Flux applies each commit and the upgrade goes on hop by hop, never written by the
 //!   controller; a commit skipping a minor is refused by the version guard and Flux reports it.
 //! - Direct without a protection: blocked by GitOpsSafe with the fix, nothing written.
+//! - Direct with `kustomize.toolkit.fluxcd.io/ssa: IfNotPresent` in Git: three hops while Flux
+//!   reconciles during every step and puts nothing back; after hop 1 a commit dropping the
+//!   annotation (Git still at 1.31) is refused by the version guard, the control plane is not
+//!   rolled back, and once the annotation is back the upgrade completes. (`spec.ignore` is not
+//!   used here: Flux server-side dry-runs the whole Git object, ignored paths included, before
+//!   it strips them, so with the version guard every reconcile after the first write fails.)
 
 use std::time::{Duration, Instant};
 
@@ -125,6 +131,23 @@ impl World {
             );
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
+    }
+
+    /// The request now, and whether it succeeded; fails the test if it stalled, or if it
+    /// has not succeeded [`WAIT`] after `since`.
+    async fn observe(&self, since: Instant) -> (UpgradeRequest, bool) {
+        let ur = self.request().await;
+        let why = match phase(&ur) {
+            Some(Phase::Succeeded) => return (ur, true),
+            Some(Phase::Stalled) => "stalled",
+            _ if since.elapsed() > WAIT => "not Succeeded in time",
+            _ => return (ur, false),
+        };
+        panic!(
+            "{REQUEST} {why}: {}\ncontroller log: {}",
+            serde_json::to_string_pretty(&ur.status).unwrap(),
+            self.log()
+        )
     }
 
     async fn kcp(&self) -> Value {
@@ -264,17 +287,11 @@ async fn handoff_the_person_commits_what_status_asks_and_flux_moves_the_cluster_
     let mut tried_a_skip = false;
     let mut commits = 0;
     let done = loop {
-        let ur = w.request().await;
-        let s = status(&ur);
-        match s.phase {
-            Some(Phase::Succeeded) => break ur,
-            Some(Phase::Stalled) => panic!(
-                "stalled: {}\ncontroller log: {}",
-                serde_json::to_string_pretty(&s).unwrap(),
-                w.log()
-            ),
-            _ => {}
+        let (ur, succeeded) = w.observe(test_start).await;
+        if succeeded {
+            break ur;
         }
+        let s = status(&ur);
         if w.git.declare(&s.declare_in_git) {
             let asked: Vec<String> = s
                 .declare_in_git
@@ -324,12 +341,6 @@ async fn handoff_the_person_commits_what_status_asks_and_flux_moves_the_cluster_
         }
         assert::no_field_of_ours(&w.kcp().await);
         assert::no_field_of_ours(&w.md().await);
-        assert!(
-            test_start.elapsed() < WAIT,
-            "not Succeeded after {WAIT:?}: {}\ncontroller log: {}",
-            serde_json::to_string_pretty(&s).unwrap(),
-            w.log()
-        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     eprintln!("Succeeded after {:?}", test_start.elapsed());
@@ -535,5 +546,152 @@ async fn direct_without_a_protection_is_blocked_with_the_fix_and_nothing_is_writ
         "no template was cloned"
     );
     assert_eq!(w.kcp().await["spec"]["version"], START);
+    w.finish().await;
+}
+
+/// The index of the step in progress, if any.
+fn step_in_progress(ur: &UpgradeRequest) -> Option<usize> {
+    status(ur)
+        .plan
+        .iter()
+        .position(|s| s.state == StepState::InProgress)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn direct_with_ssa_if_not_present_survives_every_flux_reconcile_and_a_revert_is_refused() {
+    let test_start = Instant::now();
+    let client = harness::client().await;
+    let if_not_present = json!({"annotations": {e2e::flux::SSA_ANNOTATION: "IfNotPresent"}});
+    let mut w = world("gitops-ssa", if_not_present, json!({}), Value::Null).await;
+    let guard = VersionGuard::apply(&client, &w.ns, KCP).await;
+    let writes = engine::record_writes(&client, &w.ns);
+    w.start_controller();
+
+    // Flux reconciles at least once while each step runs, and puts nothing back.
+    let mut reconciled = std::collections::BTreeSet::new();
+    let mut reverted = false;
+    let done = loop {
+        let (ur, succeeded) = w.observe(test_start).await;
+        if succeeded {
+            break ur;
+        }
+        let s = status(&ur);
+        if let Some(i) = step_in_progress(&ur)
+            && !reconciled.contains(&i)
+        {
+            let (kcp, md) = (w.kcp().await, w.md().await);
+            applied(&w.git.reconcile().await);
+            let (kcp_after, md_after) = (w.kcp().await, w.md().await);
+            assert_eq!(
+                kcp_after["spec"]["version"], kcp["spec"]["version"],
+                "Flux put the control plane's version back during step {i}"
+            );
+            assert_eq!(
+                md_after["spec"]["template"]["spec"]["version"],
+                md["spec"]["template"]["spec"]["version"],
+                "Flux put the pool's version back during step {i}"
+            );
+            eprintln!(
+                "step {i}: Flux reconciled after {:?}, KCP {}, pool {}",
+                test_start.elapsed(),
+                kcp_after["spec"]["version"],
+                md_after["spec"]["template"]["spec"]["version"]
+            );
+            reconciled.insert(i);
+        }
+        // After hop 1's control plane, a commit drops the annotation while Git still declares
+        // 1.31: Flux re-applies the old version over the live 1.32.
+        if !reverted
+            && s.plan
+                .first()
+                .is_some_and(|p| p.state == StepState::Succeeded)
+        {
+            reverted = true;
+            for o in [kcp_object(), md_object()] {
+                assert!(listed_as_flux(&s, &o, &w.ns).protected, "{:?}", s.gitops);
+            }
+            assert_eq!(
+                gitops::owners(&w.kcp().await, "spec.version"),
+                [upgrade_controller::FIELD_MANAGER],
+                "the controller's write holds the version"
+            );
+            let protected_git = w.git.objects.clone();
+            for o in &mut w.git.objects {
+                o["metadata"]["annotations"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove(e2e::flux::SSA_ANNOTATION);
+            }
+            let out = w.git.commit().await;
+            eprintln!("Git's old version re-applied: {}", gitops::verdict(&out));
+            refused_by_guard(
+                &out,
+                &guard,
+                &[
+                    // Flux names the first object the API server refused: the control
+                    // plane, or the pool too when its step already moved it.
+                    "lowering the Kubernetes minor of ",
+                    &format!(" {}/", w.ns),
+                    &format!(" from {} to {START} is refused", HOPS[0]),
+                ],
+            );
+            // Not rolled back: declared and rolled out at 1.32, the annotation still on it;
+            // the pool not lowered either.
+            assert_ne!(w.md().await["spec"]["template"]["spec"]["version"], START);
+            let kcp = w.kcp().await;
+            assert_eq!(kcp["spec"]["version"], HOPS[0]);
+            assert_eq!(
+                kcp["metadata"]["annotations"][e2e::flux::SSA_ANNOTATION],
+                "IfNotPresent"
+            );
+            let pending = capi::kcp_rollout_pending(&client, &w.ns, KCP, HOPS[0])
+                .await
+                .unwrap();
+            assert!(pending.is_empty(), "{pending:?}");
+            let ur = w.request().await;
+            eprintln!(
+                "the request meanwhile: {:?} {:?}",
+                phase(&ur),
+                assert::condition(&ur, "Ready")
+            );
+            assert_ne!(phase(&ur), Some(Phase::Stalled));
+            // The person restores the annotation in Git; Flux applies (skips) again.
+            w.git.objects = protected_git;
+            applied(&w.git.commit().await);
+            assert_eq!(w.kcp().await["spec"]["version"], HOPS[0]);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    eprintln!("Succeeded after {:?}", test_start.elapsed());
+    let s = status(&done);
+    assert_eq!(s.progress.as_deref(), Some("6/6"));
+    assert!(reverted);
+    assert_eq!(
+        reconciled.into_iter().collect::<Vec<_>>(),
+        (0..6).collect::<Vec<_>>(),
+        "Flux reconciled during every step"
+    );
+    // No revert ever landed: each object only ever moved forward, one minor at a time.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_one_minor_at_a_time(&writes.lock().unwrap().clone());
+    // Flux still applies Git cleanly at the end and the controller's versions stay; status
+    // says what Git should now declare.
+    applied(&w.git.reconcile().await);
+    assert_eq!(w.kcp().await["spec"]["version"], HOPS[2]);
+    assert_eq!(w.md().await["spec"]["template"]["spec"]["version"], HOPS[2]);
+    let asked: Vec<_> = s
+        .declare_in_git
+        .iter()
+        .filter(|d| d.field == "spec.version" || d.field == "spec.template.spec.version")
+        .map(|d| (d.object.clone(), d.value.clone()))
+        .collect();
+    assert_eq!(
+        asked,
+        [
+            (kcp_object(), HOPS[2].to_string()),
+            (md_object(), HOPS[2].to_string())
+        ]
+    );
+    guard.remove(&client).await;
     w.finish().await;
 }
