@@ -200,7 +200,10 @@ pub fn final_values(
             minor,
             kcp.dns_tag(),
             kcp.etcd_tag(),
-            tref.clone(),
+            capi::Reference {
+                namespace: None,
+                ..tref.clone()
+            },
         );
         out.extend(declarations(&object, &write));
     }
@@ -210,11 +213,16 @@ pub fn final_values(
             continue;
         }
         let template = &md.spec.template.spec;
+        // CAPI defaults a reference's namespace; the controller never writes one.
+        let own = |r: &capi::Reference| capi::Reference {
+            namespace: None,
+            ..r.clone()
+        };
         let write = capi::md_apply(
             md,
             md.version(),
-            template.infrastructure_ref.clone(),
-            template.bootstrap.config_ref.clone(),
+            own(&template.infrastructure_ref),
+            template.bootstrap.config_ref.as_ref().map(own),
         );
         out.extend(declarations(&object, &write));
     }

@@ -516,10 +516,13 @@ pub fn protection(o: &GitOpsObs) -> Result<String, (CheckState, String)> {
                 )
             })?;
             if uncovered.is_empty() {
-                return Ok(format!("{src} spec.ignore covers {}", quoted(paths)));
+                return Ok(format!(
+                    "{src} spec.ignore covers {}; Flux still dry-runs Git's whole object, so with the version guard installed the Kustomization stops applying until Git declares the new version (`{FLUX_SSA}: IfNotPresent` on the object avoids that)",
+                    quoted(paths)
+                ));
             }
             failed(format!(
-                "{src} would put back {}: add to its spec `ignore: [{{paths: [{}], target: {{group: {}, kind: {}, name: {}, namespace: {}}}}}]`, or annotate the object in Git with `{FLUX_SSA}: IfNotPresent`",
+                "{src} would put back {}: annotate the object in Git with `{FLUX_SSA}: IfNotPresent` (preferred), or add to its spec `ignore: [{{paths: [{}], target: {{group: {}, kind: {}, name: {}, namespace: {}}}}}]` (Flux still dry-runs Git's whole object, ignored paths included, so with the version guard installed that Kustomization then stops applying anything until Git declares the new version), or set spec.gitops.mode: Handoff",
                 quoted(&uncovered),
                 quoted(&uncovered),
                 t.group,

@@ -410,7 +410,14 @@ impl Kustomization {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let outcome = Outcome::of(self.get().await?);
-            if done(&outcome) && matches!(outcome.ready.status.as_str(), "True" | "False") {
+            // Flux records the attempted revision when it starts, while Ready still tells of
+            // the previous one: Ready=True counts only once that revision is the applied one.
+            let finished = match outcome.ready.status.as_str() {
+                "True" => outcome.last_applied_revision == outcome.last_attempted_revision,
+                "False" => true,
+                _ => false,
+            };
+            if done(&outcome) && finished {
                 return Ok(outcome);
             }
             if tokio::time::Instant::now() > deadline {
