@@ -37,6 +37,8 @@ fn refused(result: Result<(), String>, words: &[&str]) -> String {
 async fn the_webhook_refuses_a_pool_above_its_control_plane_and_a_template_without_the_rows_image()
 {
     let client = harness::client().await;
+    // On a fresh control plane this test may run first: the matrix CRD must be there.
+    project::install(&client).await;
     let mut ns = harness::namespace(&client, "webhook").await;
     // This test's matrix: its own image names, so no other suite's rows match them.
     let mut matrix = project::sample_matrix();
