@@ -498,6 +498,10 @@ async fn reconcile_request(cached: &UpgradeRequest, ctx: &Context) -> Result<Act
     if let Some(scope) = decide::preflight_scope(&stored) {
         obs.preflight = Some(sources.preflight(ur, &stored, &obs, scope).await?);
     }
+    // From the moment the plan is fixed: does Git still get applied (status `GitOpsSynced`)?
+    if decide::plan_frozen(&stored) {
+        obs.applied_by = Some(sources.applied_by(ur, &obs).await);
+    }
     let decided = decide::pass(&ur.spec, &stored, &obs, now);
     let mut status = decided.status;
     let mut outcome = decided.outcome;
@@ -540,6 +544,7 @@ async fn reconcile_request(cached: &UpgradeRequest, ctx: &Context) -> Result<Act
     if outcome == Outcome::Succeeded {
         sources.claims.release(&key, &uid);
     }
+    status::git_sync::record(&mut status, obs.applied_by.as_deref(), generation, now);
     status::summarize(&mut status, &outcome, generation, now);
     if status != stored {
         let Some(rv) = write_status(&requests, &ur.name_any(), &status).await? else {
@@ -552,6 +557,10 @@ async fn reconcile_request(cached: &UpgradeRequest, ctx: &Context) -> Result<Act
     }
     if let Outcome::Stalled(s) = &outcome {
         warn!(reason = %s.reason, "stalled: {}", s.message);
+    }
+    if outcome == Outcome::Succeeded && status::git_sync::awaiting_git(&status) {
+        // Finished, but Git is not applied yet: look again until it is (GitOpsSynced).
+        return Ok(Action::requeue(Duration::from_secs(30)));
     }
     Ok(requeue(&outcome))
 }

@@ -244,6 +244,7 @@ fn observed() -> impl Strategy<Value = (Observed, Vec<Value>)> {
                 cvsh,
                 cvsh_where: "ClusterVersionShadow cpaas-system/c".into(),
                 preflight: None,
+                applied_by: None,
                 machine_pools: if oddity == 7 { vec!["mp".into()] } else { vec![] },
                 cvsh_refused: None,
             };

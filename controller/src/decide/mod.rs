@@ -734,6 +734,7 @@ mod tests {
             cvsh: Some(cvsh("4.1.0", None, &[("Ready", "True", "AsExpected")])),
             cvsh_where: "ClusterVersionShadow cpaas-system/c".into(),
             preflight: None,
+            applied_by: None,
             machine_pools: vec![],
             cvsh_refused: None,
         }

@@ -93,6 +93,20 @@ fn application_resource() -> kube::core::ApiResource {
     )
 }
 
+/// A Flux Kustomization or Argo CD Application that applies some of a cluster's objects, as
+/// read during a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppliedBy {
+    /// `Kustomization flux-system/clusters`.
+    pub source: String,
+    /// An Argo CD Application (else a Kustomization).
+    pub argo: bool,
+    /// `KubeadmControlPlane cp`, `MachineDeployment md-a`.
+    pub objects: Vec<String>,
+    /// The object: `Ok(None)` it does not exist, `Err` why it was not read.
+    pub read: Result<Option<Value>, String>,
+}
+
 /// Where preflight inputs come from.
 #[derive(Clone)]
 pub struct Sources {
@@ -482,6 +496,53 @@ impl Sources {
             });
         }
         out
+    }
+
+    /// The Kustomizations and Applications that apply the cluster's control plane and pools,
+    /// each read once (from the request's namespace or one of [`GitOpsConfig::namespaces`]),
+    /// with the objects it applies: whether the tool still applies Git while a run goes on
+    /// (status condition `GitOpsSynced`). A HelmRelease is not read.
+    pub async fn applied_by(&self, ur: &UpgradeRequest, obs: &Observed) -> Vec<AppliedBy> {
+        let ns = ur.namespace().unwrap_or_default();
+        let mut objects = Vec::new();
+        if let Some(kcp) = &obs.kcp {
+            objects.push((
+                format!("KubeadmControlPlane {}", capi::name(&kcp.metadata)),
+                &kcp.metadata,
+                &["spec", "version"][..],
+            ));
+        }
+        for md in &obs.mds {
+            objects.push((
+                format!("MachineDeployment {}", capi::name(&md.metadata)),
+                &md.metadata,
+                &["spec", "template", "spec", "version"][..],
+            ));
+        }
+        let mut out: Vec<(Source, Vec<String>)> = Vec::new();
+        for (object, meta, version_path) in objects {
+            let Some(src) = gitops::detect(meta, version_path).and_then(|o| o.source) else {
+                continue;
+            };
+            if matches!(src, Source::HelmRelease { .. }) {
+                continue;
+            }
+            match out.iter_mut().find(|(s, _)| *s == src) {
+                Some((_, objs)) => objs.push(object),
+                None => out.push((src, vec![object])),
+            }
+        }
+        let mut applied = Vec::with_capacity(out.len());
+        for (src, objects) in out {
+            let read = self.rule_set(&ns, &src).await;
+            applied.push(AppliedBy {
+                source: src.to_string(),
+                argo: matches!(src, Source::Application { .. }),
+                objects,
+                read,
+            });
+        }
+        applied
     }
 
     /// Reads the Kustomization or Application `src` names (a HelmRelease is not read: its

@@ -38,6 +38,9 @@ pub struct Observed {
     pub cvsh_where: String,
     /// What the preflight reads, when one is due ([`crate::decide::preflight_scope`]).
     pub preflight: Option<PreflightObs>,
+    /// The Kustomizations and Applications applying the cluster's objects, once the plan is
+    /// fixed (`None`: not read in this pass).
+    pub applied_by: Option<Vec<inputs::AppliedBy>>,
     /// Names of the Cluster's MachinePools (which this controller cannot move).
     pub machine_pools: Vec<String>,
     /// Why the Cluster maps to no ClusterVersionShadow it may move, when it does not.

@@ -15,6 +15,8 @@ use crate::decide::{Outcome, Write, handoff};
 use crate::observe::Observed;
 use crate::preflight::{self, review};
 
+pub mod git_sync;
+
 /// Keep this many history entries.
 const HISTORY_LIMIT: usize = 50;
 

@@ -3,7 +3,7 @@
 
 use serde_json::Value;
 use upgrade_controller::FIELD_MANAGER;
-use upgrade_controller::api::{Phase, UpgradeRequest};
+use upgrade_controller::api::{CheckName, Phase, PreflightCheck, UpgradeRequest};
 
 use crate::engine::Write;
 
@@ -14,6 +14,31 @@ pub fn condition(ur: &UpgradeRequest, type_: &str) -> (String, String, String) {
         .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
         .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
         .unwrap_or_default()
+}
+
+/// Preflight check `name` of the request's last preflight, if it ran.
+pub fn check(ur: &UpgradeRequest, name: CheckName) -> Option<PreflightCheck> {
+    ur.status
+        .as_ref()?
+        .preflight
+        .as_ref()?
+        .checks
+        .iter()
+        .find(|c| c.name == name)
+        .cloned()
+}
+
+/// Fails unless an entry of the request's history starts with `prefix`.
+pub fn in_history(ur: &UpgradeRequest, prefix: &str) {
+    let history = ur
+        .status
+        .as_ref()
+        .map(|s| &s.history[..])
+        .unwrap_or_default();
+    assert!(
+        history.iter().any(|h| h.message.starts_with(prefix)),
+        "no history entry starts with {prefix:?}: {history:#?}"
+    );
 }
 
 /// Whether the request's `Stalled` condition is True with `reason`.

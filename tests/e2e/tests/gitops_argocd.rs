@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use e2e::site::{ROW_4_2_5, Site};
-use e2e::testenv;
+use e2e::{assert, testenv};
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use upgrade_controller::api::{CheckName, CheckState, GitOpsTool, Phase};
@@ -131,24 +131,14 @@ async fn argo_cd_rules_on_real_applications_block_until_they_protect_the_control
     .expect("the real CRD admits ignoreDifferences");
     let ur = site
         .wait("up", "GitOpsSafe asking only for the sync option", |ur| {
-            ur.status
-                .as_ref()
-                .and_then(|s| s.preflight.as_ref())
-                .and_then(|p| p.checks.iter().find(|c| c.name == CheckName::GitOpsSafe))
-                .is_some_and(|c| {
-                    c.state == CheckState::Failed && !c.message.contains("ignoreDifferences: [")
-                })
+            assert::check(ur, CheckName::GitOpsSafe).is_some_and(|c| {
+                c.state == CheckState::Failed && !c.message.contains("ignoreDifferences: [")
+            })
         })
         .await;
+    let check = assert::check(&ur, CheckName::GitOpsSafe).unwrap();
     let status = ur.status.unwrap();
     assert_eq!(status.phase, Some(Phase::Preflight));
-    let check = status
-        .preflight
-        .unwrap()
-        .checks
-        .into_iter()
-        .find(|c| c.name == CheckName::GitOpsSafe)
-        .unwrap();
     assert!(
         check.message.contains("RespectIgnoreDifferences=true"),
         "{}",

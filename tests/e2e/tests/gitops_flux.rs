@@ -10,9 +10,13 @@
 //! - Direct with `kustomize.toolkit.fluxcd.io/ssa: IfNotPresent` in Git: three hops while Flux
 //!   reconciles during every step and puts nothing back; after hop 1 a commit dropping the
 //!   annotation (Git still at 1.31) is refused by the version guard, the control plane is not
-//!   rolled back, and once the annotation is back the upgrade completes. (`spec.ignore` is not
-//!   used here: Flux server-side dry-runs the whole Git object, ignored paths included, before
-//!   it strips them, so with the version guard every reconcile after the first write fails.)
+//!   rolled back, the request shows Flux's refusal (`GitOpsSynced=False`), and once the
+//!   annotation is back the upgrade completes.
+//! - Direct with the Kustomization's `spec.ignore`: Flux server-side dry-runs the whole Git
+//!   object, ignored paths included, before it strips them, so with the version guard every
+//!   reconcile after the first write is refused. Nothing is put back and the upgrade
+//!   completes; the request shows the refusal until Git declares what `status.declareInGit`
+//!   lists.
 
 use std::time::{Duration, Instant};
 
@@ -219,6 +223,13 @@ fn phase(ur: &UpgradeRequest) -> Option<Phase> {
     ur.status.as_ref().and_then(|s| s.phase)
 }
 
+/// The request's condition on whether Flux still applies Git.
+const GIT_SYNCED: &str = "GitOpsSynced";
+
+fn kustomization_of(ns: &str) -> String {
+    format!("Kustomization {ns}/{}", gitops::KUSTOMIZATION)
+}
+
 /// Flux refused the revision: `Ready=False`, with the version guard's refusal holding `words`.
 fn refused_by_guard(out: &e2e::flux::Outcome, guard: &VersionGuard, words: &[&str]) {
     assert_eq!(
@@ -323,9 +334,15 @@ async fn handoff_the_person_commits_what_status_asks_and_flux_moves_the_cluster_
                     out.last_applied_revision, before,
                     "the refused revision is not applied"
                 );
-                // Nothing of that revision landed, and the request still waits for Git.
+                // Nothing of that revision landed, and the request still waits for Git,
+                // showing Flux's refusal.
                 assert_eq!(w.kcp().await["spec"]["version"], START);
-                let ur = w.request().await;
+                let ur = w
+                    .wait("showing Flux's refusal of the skip", |ur| {
+                        let (value, _, message) = assert::condition(ur, GIT_SYNCED);
+                        value == "False" && message.contains("skips a minor")
+                    })
+                    .await;
                 assert_ne!(phase(&ur), Some(Phase::Stalled), "{:?}", ur.status);
                 gitops::set_field(w.git.object_mut(&kcp_object()), "spec.version", HOPS[0]);
             }
@@ -648,17 +665,32 @@ async fn direct_with_ssa_if_not_present_survives_every_flux_reconcile_and_a_reve
                 .await
                 .unwrap();
             assert!(pending.is_empty(), "{pending:?}");
-            let ur = w.request().await;
+            // The request says so, in Flux's words, and goes on.
+            let ur = w
+                .wait("showing Flux's refusal", |ur| {
+                    let (value, reason, message) = assert::condition(ur, GIT_SYNCED);
+                    value == "False"
+                        && reason == "FluxNotReady"
+                        && message.contains(&kustomization_of(&w.ns))
+                        && message.contains("lowering the Kubernetes minor of ")
+                })
+                .await;
             eprintln!(
                 "the request meanwhile: {:?} {:?}",
                 phase(&ur),
-                assert::condition(&ur, "Ready")
+                assert::condition(&ur, GIT_SYNCED)
             );
             assert_ne!(phase(&ur), Some(Phase::Stalled));
-            // The person restores the annotation in Git; Flux applies (skips) again.
+            assert::in_history(&ur, "GitOps: Kustomization");
+            // The person restores the annotation in Git; Flux applies (skips) again, and the
+            // request sees it.
             w.git.objects = protected_git;
             applied(&w.git.commit().await);
             assert_eq!(w.kcp().await["spec"]["version"], HOPS[0]);
+            w.wait("seeing Flux apply again", |ur| {
+                assert::condition(ur, GIT_SYNCED).0 == "True"
+            })
+            .await;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
@@ -692,6 +724,106 @@ async fn direct_with_ssa_if_not_present_survives_every_flux_reconcile_and_a_reve
             (md_object(), HOPS[2].to_string())
         ]
     );
+    guard.remove(&client).await;
+    w.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn direct_with_spec_ignore_completes_while_flux_is_refused_and_the_request_says_so() {
+    let test_start = Instant::now();
+    let client = harness::client().await;
+    // The Kustomization's spec.ignore covers exactly the paths the controller writes.
+    let rule = |group: &str, kind: &str, name: &str, paths: [&str; 2]| json!({"paths": paths, "target": {"group": group, "kind": kind, "name": name}});
+    let ignore = json!({"ignore": [
+        rule("controlplane.cluster.x-k8s.io", "KubeadmControlPlane", KCP,
+            ["/spec/version", "/spec/machineTemplate/infrastructureRef/name"]),
+        rule("cluster.x-k8s.io", "MachineDeployment", POOL,
+            ["/spec/template/spec/version", "/spec/template/spec/infrastructureRef/name"]),
+    ]});
+    let mut w = world("gitops-ignore", json!({}), ignore, Value::Null).await;
+    let guard = VersionGuard::apply(&client, &w.ns, KCP).await;
+    let writes = engine::record_writes(&client, &w.ns);
+    w.start_controller();
+
+    // GitOpsSafe passes, and says what the guard will do to Flux.
+    let ur = w
+        .wait("past preflight", |ur| {
+            assert::check(ur, CheckName::GitOpsSafe).is_some_and(|c| c.state == CheckState::Passed)
+        })
+        .await;
+    let check = assert::check(&ur, CheckName::GitOpsSafe).unwrap();
+    assert!(
+        check.message.contains("spec.ignore covers")
+            && check
+                .message
+                .contains("stops applying until Git declares the new version"),
+        "{}",
+        check.message
+    );
+
+    // Flux reconciles while each step runs: refused by the guard (its dry-run sends Git's
+    // old version), so it puts nothing back, and the request shows the refusal.
+    let mut reconciled = std::collections::BTreeSet::new();
+    let mut seen_refusal = false;
+    let done = loop {
+        let (ur, succeeded) = w.observe(test_start).await;
+        if succeeded {
+            break ur;
+        }
+        let (value, reason, message) = assert::condition(&ur, GIT_SYNCED);
+        if value == "False" {
+            assert_eq!(reason, "FluxNotReady", "{message}");
+            assert!(
+                message.contains(&kustomization_of(&w.ns))
+                    && message.contains("lowering the Kubernetes minor of "),
+                "{message}"
+            );
+            seen_refusal = true;
+        }
+        if let Some(i) = step_in_progress(&ur)
+            && !reconciled.contains(&i)
+        {
+            let (kcp, md) = (w.kcp().await, w.md().await);
+            let out = w.git.reconcile().await;
+            refused_by_guard(&out, &guard, &["lowering the Kubernetes minor of "]);
+            assert_eq!(w.kcp().await["spec"]["version"], kcp["spec"]["version"]);
+            assert_eq!(
+                w.md().await["spec"]["template"]["spec"]["version"],
+                md["spec"]["template"]["spec"]["version"]
+            );
+            eprintln!(
+                "step {i}: Flux refused after {:?}, KCP {}",
+                test_start.elapsed(),
+                kcp["spec"]["version"]
+            );
+            reconciled.insert(i);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    eprintln!("Succeeded after {:?}", test_start.elapsed());
+    let s = status(&done);
+    assert_eq!(s.progress.as_deref(), Some("6/6"));
+    assert!(seen_refusal, "the request never showed Flux's refusal");
+    assert_eq!(
+        reconciled.into_iter().collect::<Vec<_>>(),
+        (0..6).collect::<Vec<_>>(),
+        "Flux reconciled during every step"
+    );
+    assert_one_minor_at_a_time(&writes.lock().unwrap().clone());
+    // Finished, but Git is not applied: the request still says so ...
+    assert_eq!(assert::condition(&done, GIT_SYNCED).0, "False");
+    // ... until the person commits what status.declareInGit lists; then Flux applies it and
+    // the finished request sees Git applied again.
+    assert!(w.git.declare(&s.declare_in_git), "{:?}", s.declare_in_git);
+    applied(&w.git.commit().await);
+    assert_eq!(w.kcp().await["spec"]["version"], HOPS[2]);
+    let ur = w
+        .wait("seeing Flux apply Git again", |ur| {
+            assert::condition(ur, GIT_SYNCED).0 == "True"
+        })
+        .await;
+    assert_eq!(phase(&ur), Some(Phase::Succeeded));
+    assert::in_history(&ur, "GitOps: applies Git again");
     guard.remove(&client).await;
     w.finish().await;
 }
