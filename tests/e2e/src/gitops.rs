@@ -6,19 +6,14 @@
 //! the person committing to Git: [`GitCluster::declare`] writes what an UpgradeRequest's
 //! `status.declareInGit` asks into the declared objects, [`GitCluster::commit`] publishes the
 //! next revision and waits for Flux's verdict on it.
-//!
-//! [`VersionGuard`] applies the shipped version guard (`config/admission/version-guard.yaml`)
-//! bound to one namespace, as `tests/version_guard.rs` does.
 
 use std::time::{Duration, Instant};
 
-use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 use serde_json::{Value, json};
 use upgrade_controller::api::GitDeclaration;
 
 use crate::capi;
 use crate::flux::{Kustomization, Outcome, RECONCILE_TIMEOUT, Source};
-use crate::testenv::{apply_cluster_scoped, read_yaml_docs};
 
 /// The Kustomization (and source) applying the cluster's Git-managed objects.
 pub const KUSTOMIZATION: &str = "cluster";
@@ -304,73 +299,6 @@ pub fn owners(obj: &Value, field: &str) -> Vec<String> {
         })
         .filter_map(|m| m["manager"].as_str().map(str::to_string))
         .collect()
-}
-
-/// The shipped version guard, bound to one namespace (so other suites on the same control
-/// plane are not guarded); in effect once [`VersionGuard::apply`] returns.
-pub struct VersionGuard {
-    pub policy: String,
-    pub binding: String,
-}
-
-impl VersionGuard {
-    /// Applies `config/admission/version-guard.yaml`, its binding renamed and limited to `ns`,
-    /// and waits until it refuses a dry-run lowering of KubeadmControlPlane `kcp`'s minor.
-    pub async fn apply(client: &kube::Client, ns: &str, kcp: &str) -> VersionGuard {
-        let mut docs = read_yaml_docs(
-            &crate::project::repo_root().join("config/admission/version-guard.yaml"),
-        )
-        .unwrap();
-        assert_eq!(docs.len(), 2, "a policy and its binding");
-        let policy = docs[0]["metadata"]["name"].as_str().unwrap().to_string();
-        let binding = format!("{policy}-{ns}");
-        docs[1]["metadata"]["name"] = json!(binding);
-        docs[1]["spec"]["matchResources"] = json!({
-            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
-        });
-        apply_cluster_scoped(client, &docs).await.unwrap();
-        // The API server loads a new binding asynchronously: wait until it refuses.
-        let kcps = capi::kcp_api(client, ns);
-        let live = serde_json::to_value(kcps.get(kcp).await.unwrap()).unwrap();
-        let version = live["spec"]["version"].as_str().unwrap();
-        let minor: u64 = version.split('.').nth(1).unwrap().parse().unwrap();
-        let lower = format!("v1.{}.0", minor - 1);
-        let by_guard = format!("ValidatingAdmissionPolicy '{policy}'");
-        let start = Instant::now();
-        loop {
-            let r = kcps
-                .patch(
-                    kcp,
-                    &PatchParams::default().dry_run(),
-                    &Patch::Merge(&json!({"spec": {"version": lower}})),
-                )
-                .await;
-            if matches!(&r, Err(kube::Error::Api(e)) if e.message.contains(&by_guard)) {
-                break;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "the version guard took no effect within 60 s: {r:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-        VersionGuard { policy, binding }
-    }
-
-    /// Deletes the binding (the policy is shared with other suites).
-    pub async fn remove(self, client: &kube::Client) {
-        let bindings: Api<DynamicObject> = Api::all_with(
-            client.clone(),
-            &capi::resource(
-                "admissionregistration.k8s.io/v1",
-                "ValidatingAdmissionPolicyBinding",
-            ),
-        );
-        bindings
-            .delete(&self.binding, &DeleteParams::default())
-            .await
-            .unwrap();
-    }
 }
 
 /// What Flux said about a revision, in one line for logs.

@@ -16,6 +16,7 @@ pub mod engine;
 pub mod fixture;
 pub mod flux;
 pub mod gitops;
+pub mod guard;
 pub mod harness;
 pub mod platform;
 pub mod project;

@@ -21,7 +21,8 @@
 use std::time::{Duration, Instant};
 
 use e2e::engine::{self, Write};
-use e2e::gitops::{self, GitCluster, VersionGuard};
+use e2e::gitops::{self, GitCluster};
+use e2e::guard::VersionGuard;
 use e2e::harness::{self, TestNamespace};
 use e2e::platform::Platform;
 use e2e::project::{self, Controller, create_request};
@@ -33,6 +34,8 @@ use upgrade_controller::api::{
 };
 
 const START: &str = "v1.31.14-2";
+/// A minor below [`START`], which the version guard refuses.
+const BELOW_START: &str = "v1.30.14";
 /// The Kubernetes version of each hop to the 4.3 row.
 const HOPS: [&str; 3] = ["v1.32.11-2", "v1.33.7-4", "v1.34.5-3"];
 const KCP: &str = "demo-cp";
@@ -289,7 +292,7 @@ async fn handoff_the_person_commits_what_status_asks_and_flux_moves_the_cluster_
         json!({"mode": "Handoff"}),
     )
     .await;
-    let guard = VersionGuard::apply(&w.client, &w.ns, KCP).await;
+    let guard = VersionGuard::apply(&w.client, &w.ns, KCP, BELOW_START).await;
     let writes = engine::record_writes(&w.client, &w.ns);
     w.start_controller();
 
@@ -580,7 +583,7 @@ async fn direct_with_ssa_if_not_present_survives_every_flux_reconcile_and_a_reve
     let client = harness::client().await;
     let if_not_present = json!({"annotations": {e2e::flux::SSA_ANNOTATION: "IfNotPresent"}});
     let mut w = world("gitops-ssa", if_not_present, json!({}), Value::Null).await;
-    let guard = VersionGuard::apply(&client, &w.ns, KCP).await;
+    let guard = VersionGuard::apply(&client, &w.ns, KCP, BELOW_START).await;
     let writes = engine::record_writes(&client, &w.ns);
     w.start_controller();
 
@@ -741,7 +744,7 @@ async fn direct_with_spec_ignore_completes_while_flux_is_refused_and_the_request
             ["/spec/template/spec/version", "/spec/template/spec/infrastructureRef/name"]),
     ]});
     let mut w = world("gitops-ignore", json!({}), ignore, Value::Null).await;
-    let guard = VersionGuard::apply(&client, &w.ns, KCP).await;
+    let guard = VersionGuard::apply(&client, &w.ns, KCP, BELOW_START).await;
     let writes = engine::record_writes(&client, &w.ns);
     w.start_controller();
 

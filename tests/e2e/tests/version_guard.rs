@@ -8,31 +8,14 @@
 //! The policy is the shipped one; its binding is the shipped one limited to the test's
 //! namespace, so other suites on the same control plane are not guarded.
 
-use std::time::{Duration, Instant};
-
 use e2e::capi::{self, CLUSTER_V1BETA1, CONTROLPLANE_V1BETA1};
 use e2e::dcs::StaticDcsCluster;
+use e2e::guard::{self, VersionGuard};
 use e2e::harness;
-use e2e::project;
-use e2e::testenv::{apply_cluster_scoped, read_yaml_docs};
-use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
 use serde_json::{Value, json};
 
 const POLICY: &str = "upgrade-controller-version-guard";
-
-/// The shipped policy, and the shipped binding renamed `name` and limited to namespace `ns`.
-fn guard_for(ns: &str, name: &str) -> Vec<Value> {
-    let mut docs =
-        read_yaml_docs(&project::repo_root().join("config/admission/version-guard.yaml")).unwrap();
-    assert_eq!(docs.len(), 2, "a policy and its binding");
-    let binding = &mut docs[1];
-    assert_eq!(binding["kind"], "ValidatingAdmissionPolicyBinding");
-    binding["metadata"]["name"] = json!(name);
-    binding["spec"]["matchResources"] = json!({
-        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}},
-    });
-    docs
-}
 
 use e2e::capi::dry_run_patch as try_patch;
 
@@ -59,7 +42,7 @@ fn refused_by_guard(result: Result<(), String>, words: &[&str]) {
 
 #[test]
 fn the_chart_installs_the_same_policy_with_its_failure_policy_and_can_leave_it_out() {
-    let shipped = guard_for("x", "x");
+    let shipped = guard::shipped("x", "x");
     let rendered = |set: &[String]| -> Vec<Value> {
         e2e::chart::render("r", "uc-system", set)
             .into_iter()
@@ -107,20 +90,10 @@ async fn the_version_guard_refuses_downgrades_and_skips_and_admits_the_rest() {
         "CAPI's own webhook admits a KCP downgrade"
     );
 
-    let binding = format!("{POLICY}-{ns}");
-    apply_cluster_scoped(&client, &guard_for(&ns, &binding))
-        .await
-        .unwrap();
-    // The API server loads a new policy asynchronously: wait until it refuses the downgrade.
-    let start = Instant::now();
-    let downgrade = loop {
-        let r = try_patch(&kcps, &kcp, kcp_version("v1.32.11-2")).await;
-        if r.is_err() || start.elapsed() > Duration::from_secs(60) {
-            break r;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
-    eprintln!("the guard took effect after {:?}", start.elapsed());
+    let guard = VersionGuard::apply(&client, &ns, &kcp, "v1.32.11-2").await;
+    assert_eq!(guard.policy, POLICY);
+    let downgrade = try_patch(&kcps, &kcp, kcp_version("v1.32.11-2")).await;
+    eprintln!("the guard took effect after {:?}", guard.took);
     refused_by_guard(
         downgrade,
         &[
@@ -206,17 +179,7 @@ async fn the_version_guard_refuses_downgrades_and_skips_and_admits_the_rest() {
     let live = serde_json::to_value(mds.get(&md).await.unwrap()).unwrap();
     assert_eq!(live["spec"]["template"]["spec"]["version"], "v1.33.7-4");
 
-    let bindings: Api<DynamicObject> = Api::all_with(
-        client.clone(),
-        &capi::resource(
-            "admissionregistration.k8s.io/v1",
-            "ValidatingAdmissionPolicyBinding",
-        ),
-    );
-    bindings
-        .delete(&binding, &DeleteParams::default())
-        .await
-        .unwrap();
+    guard.remove(&client).await;
     e2e::dcs::delete_namespace(&client, &ns).await.unwrap();
     ns.finish(&client).await;
 }
