@@ -441,6 +441,7 @@ fn requeue(outcome: &Outcome) -> Action {
     match outcome {
         Outcome::PreflightDue(_) => Action::requeue(Duration::from_millis(200)),
         Outcome::Upgrading { recheck } => Action::requeue(*recheck),
+        Outcome::OutsideWindow(c) => Action::requeue(c.recheck),
         Outcome::UpgradingExtensions => after(30),
         // The workload cluster and the platform's registrations are not all watched.
         Outcome::Blocked(_) => after(60),
@@ -545,6 +546,7 @@ async fn reconcile_request(cached: &UpgradeRequest, ctx: &Context) -> Result<Act
         sources.claims.release(&key, &uid);
     }
     status::git_sync::record(&mut status, obs.applied_by.as_deref(), generation, now);
+    status::window::record(&mut status, &ur.spec, &outcome, generation, now);
     status::summarize(&mut status, &outcome, generation, now);
     if status != stored {
         let Some(rv) = write_status(&requests, &ur.name_any(), &status).await? else {

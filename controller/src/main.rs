@@ -149,6 +149,13 @@ struct PlanArgs {
     objects: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "every-hop")]
     strategy: Strategy,
+    /// YAML file with an UpgradeRequest whose spec.maintenanceWindow, timeouts and
+    /// maxConcurrentPools place the steps in maintenance windows (worst case, by the timeouts).
+    #[arg(long)]
+    request_file: Option<PathBuf>,
+    /// Where the window placement starts (RFC 3339; default now).
+    #[arg(long)]
+    from: Option<k8s_openapi::jiff::Timestamp>,
     /// Output format.
     #[arg(short, long, value_enum, default_value = "table")]
     output: Output,
@@ -250,7 +257,17 @@ async fn plan(args: PlanArgs) -> anyhow::Result<()> {
         Strategy::EveryHop => WorkerStrategy::EveryHop,
         Strategy::SkipLevel => WorkerStrategy::SkipLevel,
     };
-    let steps = preview::preview(&obs, &matrix.spec.rows, &args.target, strategy)?;
+    let mut steps = preview::preview(&obs, &matrix.spec.rows, &args.target, strategy)?;
+    if let Some(path) = &args.request_file {
+        let doc = read_yaml_docs(path)?
+            .into_iter()
+            .find(|d| d["kind"] == "UpgradeRequest")
+            .with_context(|| format!("no UpgradeRequest in {}", path.display()))?;
+        let spec: UpgradeRequestSpec = serde_json::from_value(doc["spec"].clone())
+            .with_context(|| format!("reading the UpgradeRequest in {}", path.display()))?;
+        let from = args.from.unwrap_or_else(k8s_openapi::jiff::Timestamp::now);
+        preview::schedule(&mut steps, &spec, from)?;
+    }
     match args.output {
         Output::Table => print!("{}", preview::table(&steps)),
         Output::Json => println!("{}", serde_json::to_string_pretty(&steps)?),

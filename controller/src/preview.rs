@@ -5,8 +5,11 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use crate::api::{MatrixRow, WorkerStrategy};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+
+use crate::api::{MatrixRow, UpgradeRequestSpec, WorkerStrategy};
 use crate::decide::plan::{self, PlanInput, StepKind};
+use crate::decide::window::Schedule;
 use crate::decide::{self};
 use crate::observe::Observed;
 
@@ -22,6 +25,70 @@ pub struct PreviewStep {
     pub etcd_image_tag: String,
     pub os_image: String,
     pub pools: Vec<String>,
+    /// Where the step falls in `spec.maintenanceWindow`, when the preview was given one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub window: Option<StepWindow>,
+}
+
+/// A step placed in the maintenance windows, worst case: every step takes its whole timeout.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct StepWindow {
+    /// The earliest start: the first open instant after the previous step's worst-case end.
+    pub starts: String,
+    /// Start plus the step's timeout (pools in batches of `maxConcurrentPools`).
+    pub worst_case_end: String,
+    /// When the window it starts in closes.
+    pub window_closes: String,
+    /// Whether the worst case ends before that window closes (else it runs on past it: a
+    /// started step is never interrupted).
+    pub fits: bool,
+}
+
+/// Places `steps` in the request's maintenance windows from `from` on (Phase 1 not counted:
+/// its length depends on the platform). A step that cannot start within the schedule's
+/// horizon, and every step after it, is left without a place.
+pub fn schedule(
+    steps: &mut [PreviewStep],
+    spec: &UpgradeRequestSpec,
+    from: Timestamp,
+) -> anyhow::Result<()> {
+    let Some(w) = &spec.maintenance_window else {
+        return Ok(());
+    };
+    let schedule = Schedule::parse(w).map_err(anyhow::Error::msg)?;
+    let timeout = |t: &crate::api::Timeout| -> anyhow::Result<SignedDuration> {
+        Ok(SignedDuration::try_from(t.get()?)?)
+    };
+    let cp = timeout(&spec.timeouts.control_plane)?;
+    let pool = timeout(&spec.timeouts.worker_pool)?;
+    let mut t = from;
+    for step in steps.iter_mut() {
+        let Some((starts, closes)) = schedule.earliest(t) else {
+            break;
+        };
+        let length = match step.kind {
+            "ControlPlane" => cp,
+            _ => {
+                let batches = step
+                    .pools
+                    .len()
+                    .div_ceil(spec.workers.max_concurrent_pools.max(1) as usize)
+                    .max(1);
+                pool.checked_mul(i32::try_from(batches)?)
+                    .ok_or_else(|| anyhow::anyhow!("step {}: duration overflow", step.step))?
+            }
+        };
+        let end = starts.checked_add(length)?;
+        step.window = Some(StepWindow {
+            starts: schedule.local(starts),
+            worst_case_end: schedule.local(end),
+            window_closes: schedule.local(closes),
+            fits: end <= closes,
+        });
+        t = end;
+    }
+    Ok(())
 }
 
 /// The preview of a plan, or why there is none.
@@ -61,6 +128,7 @@ pub fn preview(
             etcd_image_tag: s.row.etcd_image_tag,
             os_image: s.os_image,
             pools: s.pools,
+            window: None,
         })
         .collect())
 }
@@ -118,5 +186,77 @@ pub fn table(steps: &[PreviewStep]) -> String {
     if steps.is_empty() {
         out.push_str("(nothing to do: the cluster is at the target)\n");
     }
+    if steps.iter().any(|s| s.window.is_some()) {
+        out.push_str("\nMAINTENANCE WINDOWS (worst case: every step takes its whole timeout; Phase 1 not counted)\n");
+        for s in steps {
+            let _ = match &s.window {
+                Some(w) => writeln!(
+                    out,
+                    "step {}: starts {}, ends by {}, window closes {}{}",
+                    s.step,
+                    w.starts,
+                    w.worst_case_end,
+                    w.window_closes,
+                    if w.fits {
+                        ""
+                    } else {
+                        " (runs past the window: a started step is never interrupted)"
+                    }
+                ),
+                None => writeln!(out, "step {}: no window opens for it within a year", s.step),
+            };
+        }
+    }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(n: usize, kind: &'static str, pools: &[&str]) -> PreviewStep {
+        PreviewStep {
+            step: n,
+            kind,
+            distribution_version: String::new(),
+            kubernetes_version: String::new(),
+            core_dns_image_tag: String::new(),
+            etcd_image_tag: String::new(),
+            os_image: String::new(),
+            pools: pools.iter().map(|p| p.to_string()).collect(),
+            window: None,
+        }
+    }
+
+    #[test]
+    fn steps_fall_into_windows_by_their_timeouts() {
+        let spec: UpgradeRequestSpec = serde_json::from_value(serde_json::json!({
+            "clusterName": "c", "targetVersion": "4.3",
+            "timeouts": {"controlPlane": "1h", "workerPool": "1h"},
+            "workers": {"maxConcurrentPools": 2},
+            "maintenanceWindow": {"timeZone": "UTC", "windows": [{"start": "22:00", "duration": "3h"}]},
+        }))
+        .unwrap();
+        let mut steps = vec![
+            step(1, "ControlPlane", &[]),
+            step(2, "Workers", &["a", "b", "c"]),
+            step(3, "ControlPlane", &[]),
+        ];
+        schedule(&mut steps, &spec, "2026-12-02T12:00:00Z".parse().unwrap()).unwrap();
+        let w: Vec<_> = steps.iter().map(|s| s.window.as_ref().unwrap()).collect();
+        assert_eq!(w[0].starts, "2026-12-02T22:00:00+00:00[UTC]");
+        assert_eq!(w[0].worst_case_end, "2026-12-02T23:00:00+00:00[UTC]");
+        assert!(w[0].fits);
+        // Three pools, two at a time: two batches of an hour, past the 01:00 close.
+        assert_eq!(w[1].starts, "2026-12-02T23:00:00+00:00[UTC]");
+        assert_eq!(w[1].worst_case_end, "2026-12-03T01:00:00+00:00[UTC]");
+        assert!(w[1].fits, "ends exactly at the close");
+        // The window has closed: the next step starts in the next one.
+        assert_eq!(w[2].starts, "2026-12-03T22:00:00+00:00[UTC]");
+        let text = table(&steps);
+        assert!(
+            text.contains("step 3: starts 2026-12-03T22:00:00+00:00[UTC]"),
+            "{text}"
+        );
+    }
 }

@@ -71,3 +71,37 @@ fn plan_table_and_refusal() {
     assert!(!ok, "a downgrade has no plan");
     assert!(stderr.contains("downgrade refused"), "{stderr}");
 }
+
+#[test]
+fn plan_places_the_steps_in_the_requests_maintenance_windows() {
+    let mut args = vec![
+        "plan",
+        "--target",
+        "4.3",
+        "--request-file",
+        "tests/fixtures/request-windowed.yaml",
+        "--from",
+        "2026-12-18T12:00:00Z",
+    ];
+    args.extend(FILES);
+    let (ok, stdout, stderr) = run(&args);
+    assert!(ok, "{stderr}");
+    // Saturday 19th 22:00 Berlin: the control plane (45m), then the pool (1h) ends 23:45;
+    // the next hop's control plane on Sunday, its pool on Sunday too; Saturday 26th is
+    // excluded, so nothing is left for it.
+    for line in [
+        "step 1: starts 2026-12-19T22:00:00+01:00[Europe/Berlin], ends by 2026-12-19T22:45:00+01:00[Europe/Berlin]",
+        "step 2: starts 2026-12-19T22:45:00+01:00[Europe/Berlin], ends by 2026-12-19T23:45:00+01:00[Europe/Berlin]",
+        "step 3: starts 2026-12-19T23:45:00+01:00[Europe/Berlin], ends by 2026-12-20T00:30:00+01:00[Europe/Berlin], window closes 2026-12-20T00:00:00+01:00[Europe/Berlin] (runs past the window",
+        "step 4: starts 2026-12-20T22:00:00+01:00[Europe/Berlin]",
+    ] {
+        assert!(stdout.contains(line), "{line:?} missing from:\n{stdout}");
+    }
+    let mut json = args.clone();
+    json.extend(["-o", "json"]);
+    let (ok, stdout, stderr) = run(&json);
+    assert!(ok, "{stderr}");
+    let steps: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(steps[2]["window"]["fits"], false);
+    assert_eq!(steps[0]["window"]["fits"], true);
+}

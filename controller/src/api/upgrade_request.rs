@@ -29,6 +29,7 @@ pub const DNS_SUBDOMAIN: &str =
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Step","type":"string","jsonPath":".status.progress"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Next Window","type":"string","jsonPath":".status.nextWindow"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     validation = Rule::new(PLAN_INPUTS_FROZEN).message(PLAN_INPUTS_FROZEN_MESSAGE)
 )]
@@ -81,6 +82,14 @@ pub struct UpgradeRequestSpec {
     /// (DESIGN.md "GitOps"; `status.gitops` lists the Git-managed objects).
     #[serde(default)]
     pub gitops: GitOpsSpec,
+
+    /// When steps may start (weekly windows in a time zone, and dates without any). Phase 1
+    /// and each step start only while a window is open; a step under way runs to its end
+    /// (all its pools) even when the window closes. Outside a window, condition
+    /// `InMaintenanceWindow` and `status.nextWindow` say when the next one opens. None: any
+    /// time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maintenance_window: Option<super::MaintenanceWindow>,
 }
 
 /// See [`UpgradeRequestSpec::gitops`].
@@ -354,6 +363,10 @@ pub struct UpgradeRequestStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["object", "field"]))]
     pub declare_in_git: Vec<GitDeclaration>,
+    /// When the next maintenance window opens, while all are closed and the request has
+    /// something left to start (`spec.maintenanceWindow`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_window: Option<Time>,
 }
 
 /// One field Git must declare.

@@ -11,6 +11,7 @@ pub mod handoff;
 mod phase_one;
 pub mod plan;
 mod steps;
+pub mod window;
 
 use std::time::Duration;
 
@@ -60,6 +61,8 @@ pub enum Decision {
     Paused,
     /// Carry out step `index`'s writes for these pools (all, for a control-plane step).
     Start { index: usize, pools: Vec<String> },
+    /// Phase 1 or the next step would start, but no maintenance window is open.
+    OutsideWindow(Closed),
     /// Step `index` is complete by CAPI's criteria.
     StepDone { index: usize },
     /// `Handoff` mode: the Git-managed objects of step `index` now declare what it asked.
@@ -101,6 +104,8 @@ pub enum Outcome {
     AwaitingAcknowledgement,
     /// Stopped at a step boundary by spec.paused.
     Paused,
+    /// Waits for the next maintenance window to start Phase 1 or a step.
+    OutsideWindow(Closed),
     /// Phase 1 runs.
     UpgradingExtensions,
     /// A step runs (or is about to start); check again after `recheck` at the latest.
@@ -109,6 +114,52 @@ pub enum Outcome {
     Deleting(String),
     /// Both phases done: the cluster is at the target.
     Succeeded,
+}
+
+/// All maintenance windows are closed: what would start, and when it may.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Closed {
+    /// `Phase 1`, `step 3 (ControlPlane to Kubernetes v1.33.7)`.
+    pub what: String,
+    /// When the next window opens (`None`: none within the schedule's horizon).
+    pub opens: Option<Timestamp>,
+    /// That instant in the schedule's time zone, or why there is none.
+    pub when: String,
+    /// When to look again.
+    pub recheck: Duration,
+}
+
+/// `Some` when `spec.maintenanceWindow` keeps `what` from starting at `now`. An invalid
+/// window was already refused by [`decide`] (a stall), so it does not gate here.
+pub(crate) fn window_closed(
+    spec: &UpgradeRequestSpec,
+    now: Timestamp,
+    what: String,
+) -> Option<Closed> {
+    let schedule = window::Schedule::parse(spec.maintenance_window.as_ref()?).ok()?;
+    let window::Now::Closed { opens } = schedule.at(now) else {
+        return None;
+    };
+    // Look again when it opens (a second after), and at least hourly (a spec edit wakes the
+    // request anyway).
+    let recheck = opens
+        .and_then(|o| Duration::try_from(o.duration_since(now)).ok())
+        .map_or(Duration::from_secs(3600), |d| {
+            (d + Duration::from_secs(1)).min(Duration::from_secs(3600))
+        });
+    let when = match opens {
+        Some(o) => schedule.local(o),
+        None => format!(
+            "never within the next year ({}: every opening falls on an excluded date)",
+            schedule.time_zone()
+        ),
+    };
+    Some(Closed {
+        what,
+        opens,
+        when,
+        recheck,
+    })
 }
 
 /// What [`pass`] concludes.
@@ -360,6 +411,11 @@ pub fn decide(
             );
         }
     }
+    if let Some(w) = &spec.maintenance_window
+        && let Err(e) = window::Schedule::parse(w)
+    {
+        return stall(StallReason::InvalidSpec, e);
+    }
     let key = match image_key(kcp) {
         Ok(k) => k,
         Err(s) => return Decision::Stall(s),
@@ -404,7 +460,7 @@ pub fn decide(
     }
 
     // Phase 1 (and the gates before it) comes before any Kubernetes hop.
-    if let Some(d) = phase_one::phase_one(spec, status, obs) {
+    if let Some(d) = phase_one::phase_one(spec, status, obs, now) {
         return d;
     }
 
@@ -417,7 +473,7 @@ pub fn decide(
     };
     match status.plan[index].state {
         StepState::Pending | StepState::Failed => {
-            steps::pending_step(spec, status, obs, kcp, matrix, key, &current, index)
+            steps::pending_step(spec, status, obs, kcp, matrix, key, &current, index, now)
         }
         StepState::InProgress => steps::in_progress_step(spec, status, obs, kcp, index, now),
         StepState::Succeeded => unreachable!("position() skipped succeeded steps"),
@@ -623,6 +679,9 @@ pub fn pass(
                 return done(status, None, Outcome::Succeeded);
             }
             Decision::Paused => return done(status, None, Outcome::Paused),
+            Decision::OutsideWindow(c) => {
+                return done(status, None, Outcome::OutsideWindow(c));
+            }
             Decision::Start { index, pools } => {
                 let w = Write::Start { index, pools };
                 let recheck = Duration::from_secs(30);
@@ -954,6 +1013,101 @@ mod tests {
         // Workers steps follow their control plane without a new preflight.
         status.plan[0].state = StepState::Succeeded;
         assert_eq!(preflight_scope(&status), None);
+    }
+
+    fn windowed(tz: &str) -> UpgradeRequestSpec {
+        serde_json::from_value(json!({
+            "clusterName": "c", "targetVersion": "4.2",
+            "maintenanceWindow": {"timeZone": tz, "windows": [{"start": "22:00", "duration": "2h"}]},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn phase_one_and_each_step_start_only_inside_a_window_and_a_running_step_goes_on() {
+        let at = |s: &str| s.parse::<Timestamp>().unwrap();
+        let o = obs("v1.32.7", "v1.32.7", true);
+        let spec = windowed("UTC");
+        let clear = before_phase_one(&o, None);
+        let Decision::OutsideWindow(c) = decide(&spec, &clear, &o, at("2026-12-02T12:00:00Z"))
+        else {
+            panic!("Phase 1 must wait for the window");
+        };
+        assert_eq!(c.what, "Phase 1");
+        assert_eq!(c.opens, Some(at("2026-12-02T22:00:00Z")));
+        assert_eq!(c.when, "2026-12-02T22:00:00+00:00[UTC]");
+        assert_eq!(c.recheck, Duration::from_secs(3600), "at least hourly");
+        let Decision::OutsideWindow(c) = decide(&spec, &clear, &o, at("2026-12-02T21:59:30Z"))
+        else {
+            panic!("still closed");
+        };
+        assert_eq!(c.recheck, Duration::from_secs(31), "just after it opens");
+        assert!(matches!(
+            decide(&spec, &clear, &o, at("2026-12-02T22:30:00Z")),
+            Decision::RequestExtensions { write: true, .. }
+        ));
+        // Found asking for the target already: Phase 1 is under way, recorded at any time.
+        let mut asked = o.clone();
+        asked.cvsh = Some(cvsh(
+            "4.1.0",
+            Some("4.2.0"),
+            &[("Ready", "True", "AsExpected")],
+        ));
+        assert!(matches!(
+            decide(&spec, &clear, &asked, at("2026-12-02T12:00:00Z")),
+            Decision::RequestExtensions { write: false, .. }
+        ));
+
+        let status = planned(&o, 1);
+        let Decision::OutsideWindow(c) = decide(&spec, &status, &o, at("2026-12-03T02:00:00Z"))
+        else {
+            panic!("the step must wait for the window");
+        };
+        assert_eq!(c.what, "step 1 (ControlPlane to Kubernetes v1.33.7)");
+        assert_eq!(c.opens, Some(at("2026-12-03T22:00:00Z")));
+        assert!(matches!(
+            decide(&spec, &status, &o, at("2026-12-03T23:59:00Z")),
+            Decision::Start { index: 0, .. }
+        ));
+        // A step under way is followed to its end when the window closes.
+        let mut running = status.clone();
+        running.plan[0].state = StepState::InProgress;
+        running.plan[0].started_at = Some(Time(at("2026-12-03T23:59:00Z")));
+        let rolling = obs("v1.33.7", "v1.32.7", false);
+        assert!(matches!(
+            decide(&spec, &running, &rolling, at("2026-12-04T00:10:00Z")),
+            Decision::Wait { index: 0, .. }
+        ));
+        // The same window in another zone opens at another instant.
+        let Decision::OutsideWindow(c) = decide(
+            &windowed("Asia/Shanghai"),
+            &status,
+            &o,
+            at("2026-12-03T02:00:00Z"),
+        ) else {
+            panic!("closed in Shanghai too");
+        };
+        assert_eq!(c.opens, Some(at("2026-12-03T14:00:00Z")));
+    }
+
+    #[test]
+    fn a_window_the_api_server_cannot_check_stalls_with_the_field() {
+        let o = obs("v1.32.7", "v1.32.7", true);
+        let Decision::Stall(s) = decide(
+            &windowed("Europe/Atlantis"),
+            &planned(&o, 1),
+            &o,
+            Timestamp::UNIX_EPOCH,
+        ) else {
+            panic!("expected a stall");
+        };
+        assert_eq!(s.reason, "InvalidSpec");
+        assert!(
+            s.message
+                .starts_with("spec.maintenanceWindow.timeZone: \"Europe/Atlantis\""),
+            "{}",
+            s.message
+        );
     }
 
     #[test]

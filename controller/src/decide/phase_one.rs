@@ -2,7 +2,7 @@
 //! then the Distribution Version (Core and Aligned extensions) through the cluster's
 //! ClusterVersionShadow.
 
-use k8s_openapi::jiff::SignedDuration;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use super::{Decision, Stall, StallReason};
 use crate::api::{StepState, UpgradeRequestSpec, UpgradeRequestStatus};
@@ -23,6 +23,7 @@ pub(super) fn phase_one(
     spec: &UpgradeRequestSpec,
     status: &UpgradeRequestStatus,
     obs: &Observed,
+    now: Timestamp,
 ) -> Option<Decision> {
     let ext = status.aligned_extensions.clone().unwrap_or_default();
     if ext.state == Some(StepState::Succeeded) {
@@ -82,6 +83,11 @@ pub(super) fn phase_one(
     let desired = platform::desired_version(cvsh);
     let asks_target = desired.is_some_and(|d| platform::same_version(d, &target));
     if !requested {
+        // Asking the platform starts the upgrade: only inside a maintenance window (found
+        // asking already, it is under way).
+        if !asks_target && let Some(c) = super::window_closed(spec, now, "Phase 1".into()) {
+            return Some(Decision::OutsideWindow(c));
+        }
         return Some(Decision::RequestExtensions {
             version: target,
             write: !asks_target,

@@ -63,6 +63,7 @@ pub(super) fn pending_step(
     key: ImageKey,
     current: &CurrentVersions,
     index: usize,
+    now: Timestamp,
 ) -> Decision {
     let step = &status.plan[index];
     if spec.paused {
@@ -138,6 +139,19 @@ pub(super) fn pending_step(
                 recheck: SignedDuration::from_secs(30),
                 waiting_for: cp,
             };
+        }
+    }
+    // A step starts only inside a maintenance window; one whose writes already landed is
+    // under way.
+    if !landed {
+        let what = format!(
+            "step {} ({:?} to Kubernetes {})",
+            index + 1,
+            step.kind,
+            step.kubernetes_version
+        );
+        if let Some(c) = super::window_closed(spec, now, what) {
+            return Decision::OutsideWindow(c);
         }
     }
     let pools = match step.kind {

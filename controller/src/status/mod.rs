@@ -16,6 +16,7 @@ use crate::observe::Observed;
 use crate::preflight::{self, review};
 
 pub mod git_sync;
+pub mod window;
 
 /// Keep this many history entries.
 const HISTORY_LIMIT: usize = 50;
@@ -177,7 +178,7 @@ pub fn summarize(
         Outcome::AwaitingAcknowledgement => Phase::AwaitingAcknowledgement,
         Outcome::ClusterPaused(_) | Outcome::Paused => Phase::Paused,
         Outcome::UpgradingExtensions => Phase::UpgradingExtensions,
-        Outcome::Upgrading { .. } | Outcome::Deleting(_) => {
+        Outcome::Upgrading { .. } | Outcome::Deleting(_) | Outcome::OutsideWindow(_) => {
             if status.target.is_some() {
                 Phase::Upgrading
             } else {
@@ -268,6 +269,19 @@ pub fn summarize(
             Some("UpgradingExtensions"),
         ),
         Outcome::Upgrading { .. } => ("Upgrading".into(), step_message(), Some("Upgrading")),
+        Outcome::OutsideWindow(c) => (
+            "OutsideMaintenanceWindow".into(),
+            format!(
+                "{} starts only inside spec.maintenanceWindow; the next window opens {}",
+                c.what,
+                if c.opens.is_some() {
+                    format!("at {}", c.when)
+                } else {
+                    c.when.clone()
+                }
+            ),
+            Some("WaitingForMaintenanceWindow"),
+        ),
         Outcome::Deleting(m) => ("Deleting".into(), m.clone(), Some("Deleting")),
     };
 
