@@ -178,6 +178,8 @@ pub fn summarize(
         Outcome::AwaitingAcknowledgement => Phase::AwaitingAcknowledgement,
         Outcome::ClusterPaused(_) | Outcome::Paused => Phase::Paused,
         Outcome::UpgradingExtensions => Phase::UpgradingExtensions,
+        // Waiting for a window before anything started is still Pending.
+        Outcome::OutsideWindow(_) if !crate::decide::plan_frozen(status) => Phase::Pending,
         Outcome::Upgrading { .. } | Outcome::Deleting(_) | Outcome::OutsideWindow(_) => {
             if status.target.is_some() {
                 Phase::Upgrading
