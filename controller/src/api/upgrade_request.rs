@@ -168,7 +168,7 @@ pub struct PreflightSpec {
 }
 
 const SKIP_ONLY_ADVISORY: &str = "self.all(c, c in ['ControlPlaneHealthy', 'NodesReady', 'NoRolloutInProgress', 'IPPoolCapacity', 'OSImagesStaged', 'GitOpsSafe'])";
-const SKIP_ONLY_ADVISORY_MESSAGE: &str = "only advisory checks can be skipped (ControlPlaneHealthy, NodesReady, NoRolloutInProgress, IPPoolCapacity, OSImagesStaged, GitOpsSafe); TargetRowExists, UpgradePathSupported, NotADowngrade, KubernetesVersionsCompatible, GlobalTierAtTarget, WorkloadBelowGlobal, SingleActiveRequest and PlatformPreflight keep the platform consistent";
+const SKIP_ONLY_ADVISORY_MESSAGE: &str = "only advisory checks can be skipped (ControlPlaneHealthy, NodesReady, NoRolloutInProgress, IPPoolCapacity, OSImagesStaged, GitOpsSafe); TargetRowExists, UpgradePathSupported, NotADowngrade, KubernetesVersionsCompatible, GlobalTierAtTarget, WorkloadBelowGlobal, EtcdHealthy, NoRemediationInProgress, SingleActiveRequest and PlatformPreflight keep the platform consistent";
 
 /// The stable names of the preflight checks.
 #[derive(
@@ -199,6 +199,10 @@ pub enum CheckName {
     WorkloadBelowGlobal,
     /// The workload API server answers and the control plane is fully ready.
     ControlPlaneHealthy,
+    /// The KubeadmControlPlane reports its etcd cluster healthy (`EtcdClusterHealthy`).
+    EtcdHealthy,
+    /// No MachineHealthCheck remediation of the cluster's Machines is under way.
+    NoRemediationInProgress,
     /// Every Machine's node is Ready.
     NodesReady,
     /// No KubeadmControlPlane or MachineDeployment rollout is under way.

@@ -298,6 +298,9 @@ pub struct ImageTagged {
 pub struct Etcd {
     #[serde(default)]
     pub local: ImageTagged,
+    /// Set when etcd is external: KCP then neither manages nor reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<Value>,
 }
 
 capi_resource!(KubeadmControlPlane);
@@ -462,6 +465,9 @@ pub struct MachineStatus {
     pub node_info: Option<NodeInfo>,
     #[serde(default)]
     pub conditions: Vec<Condition>,
+    /// v1beta2: the v1beta1 conditions.
+    #[serde(default)]
+    pub deprecated: Deprecated,
 }
 
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq)]

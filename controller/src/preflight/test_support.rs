@@ -25,7 +25,8 @@ pub(crate) fn kcp(version: &str) -> KubeadmControlPlane {
         "metadata": {"name": "cp", "generation": 1},
         "spec": {"version": version, "replicas": 1},
         "status": {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1, "readyReplicas": 1,
-                   "availableReplicas": 1, "unavailableReplicas": 0, "version": version},
+                   "availableReplicas": 1, "unavailableReplicas": 0, "version": version,
+                   "conditions": [{"type": "EtcdClusterHealthy", "status": "True"}]},
     }))
 }
 

@@ -3,6 +3,7 @@
 use super::test_support::*;
 use super::*;
 use crate::api::CheckName;
+use serde_json::json;
 
 #[test]
 fn a_healthy_cluster_passes_every_initial_check() {
@@ -176,4 +177,111 @@ fn gitops_safe_fails_on_any_unprotected_object_and_can_be_skipped() {
     assert_eq!(checks[&CheckName::GitOpsSafe].state, CheckState::Skipped);
     // Before every hop too.
     assert!(checks_for(Scope::Hop(2)).contains(&CheckName::GitOpsSafe));
+}
+
+#[test]
+fn etcd_must_be_reported_healthy_unless_external() {
+    let i = |kcp: &crate::capi::KubeadmControlPlane| {
+        health::etcd_healthy(&Input {
+            spec: &spec(&[]),
+            scope: Scope::Hop(0),
+            cluster_name: "c",
+            kcp,
+            mds: &[],
+            machines: &[],
+            plan: &[],
+            target: &row("4.3.2", "v1.34.5-3", &["4.0"]),
+            cvsh: None,
+            cvsh_where: String::new(),
+            obs: &pobs(),
+        })
+    };
+    assert_eq!(i(&kcp("v1.33.7")).state, CheckState::Passed);
+    // v1beta1 KCP as CAPI v1.10 reports it when a member is sick.
+    let mut sick = kcp("v1.33.7");
+    sick.status.conditions = vec![typed(
+        json!({"type": "EtcdClusterHealthy", "status": "False",
+        "reason": "EtcdClusterUnhealthy", "message": "Following machines are reporting unhealthy etcd member status: cp-abc"}),
+    )];
+    let c = i(&sick);
+    assert_eq!(
+        (c.state, c.reason.as_str()),
+        (CheckState::Failed, "EtcdNotHealthy")
+    );
+    assert!(c.message.contains("EtcdClusterHealthy=False (EtcdClusterUnhealthy: Following machines are reporting unhealthy etcd member status: cp-abc)"), "{}", c.message);
+    // v1beta2 keeps the v1beta1 condition under status.deprecated.v1beta1.
+    let mut v1beta2 = kcp("v1.33.7");
+    v1beta2.status.conditions.clear();
+    v1beta2.status.deprecated.v1beta1.conditions = vec![typed(
+        json!({"type": "EtcdClusterHealthy", "status": "True"}),
+    )];
+    assert_eq!(i(&v1beta2).state, CheckState::Passed);
+    let mut silent = kcp("v1.33.7");
+    silent.status.conditions.clear();
+    assert_eq!(i(&silent).state, CheckState::Unknown);
+    silent
+        .spec
+        .kubeadm_config_spec
+        .cluster_configuration
+        .etcd
+        .external = Some(json!({"endpoints": ["https://etcd:2379"]}));
+    let c = i(&silent);
+    assert_eq!(c.state, CheckState::Passed);
+    assert!(c.message.contains("external etcd"));
+}
+
+#[test]
+fn a_remediation_under_way_blocks_and_names_the_machines() {
+    let mut remediated = machine("v1.33.7", false);
+    remediated
+        .status
+        .conditions
+        .push(typed(json!({"type": "OwnerRemediated", "status": "False",
+        "reason": "WaitingForRemediation", "severity": "Warning"})));
+    let mut cp = kcp("v1.33.7");
+    let i = |kcp: &crate::capi::KubeadmControlPlane, machines: &[Machine]| {
+        health::no_remediation(&Input {
+            spec: &spec(&[]),
+            scope: Scope::Hop(0),
+            cluster_name: "c",
+            kcp,
+            mds: &[],
+            machines,
+            plan: &[],
+            target: &row("4.3.2", "v1.34.5-3", &["4.0"]),
+            cvsh: None,
+            cvsh_where: String::new(),
+            obs: &pobs(),
+        })
+    };
+    assert_eq!(
+        i(&cp, &[machine("v1.33.7", true)]).state,
+        CheckState::Passed
+    );
+    let c = i(&cp, &[machine("v1.33.7", true), remediated.clone()]);
+    assert_eq!(
+        (c.state, c.reason.as_str()),
+        (CheckState::Failed, "RemediationInProgress")
+    );
+    assert_eq!(
+        c.message,
+        "waiting for the remediation under way to finish: Machine m-1 (OwnerRemediated=False: WaitingForRemediation)"
+    );
+    cp.metadata.annotations = Some(
+        [(
+            "controlplane.cluster.x-k8s.io/remediation-in-progress".to_string(),
+            "{}".to_string(),
+        )]
+        .into(),
+    );
+    let c = i(&cp, &[]);
+    assert!(
+        c.message
+            .contains("KubeadmControlPlane cp is remediating a control-plane machine"),
+        "{}",
+        c.message
+    );
+    // Not skippable: it keeps a rollout from racing the replacement.
+    assert!(!CheckName::NoRemediationInProgress.skippable());
+    assert!(!CheckName::EtcdHealthy.skippable());
 }
