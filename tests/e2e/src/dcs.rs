@@ -806,6 +806,39 @@ fn selector_string(match_labels: &Value) -> String {
         .unwrap_or_default()
 }
 
+/// Sets condition `type_` on the status of `api`'s object `name` as a CAPI controller would:
+/// `True`, or `False` with `reason` and `message` (Warning severity); the other conditions stay.
+pub async fn set_condition(
+    api: &Api<DynamicObject>,
+    name: &str,
+    type_: &str,
+    false_because: Option<(&str, &str)>,
+) -> Result<()> {
+    let obj = serde_json::to_value(
+        api.get(name)
+            .await
+            .with_context(|| format!("reading {name}"))?,
+    )?;
+    let mut conditions: Vec<Value> = obj["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    conditions.retain(|c| c["type"] != type_);
+    conditions.push(match false_because {
+        None => json!({"type": type_, "status": "True", "lastTransitionTime": now()}),
+        Some((reason, message)) => json!({"type": type_, "status": "False", "severity": "Warning",
+            "reason": reason, "message": message, "lastTransitionTime": now()}),
+    });
+    api.patch_status(
+        name,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"conditions": conditions}})),
+    )
+    .await
+    .with_context(|| format!("writing the status of {name}"))?;
+    Ok(())
+}
+
 /// Marks the node of Machine `machine` healthy or not (conditions `NodeHealthy` and `Ready`),
 /// then recounts the ready replicas of whatever owns it (KubeadmControlPlane, or MachineSet and
 /// MachineDeployment), as CAPI would on a live cluster.

@@ -90,6 +90,61 @@ async fn a_node_not_ready_blocks_until_it_recovers() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_unhealthy_etcd_or_a_remediation_under_way_blocks_until_it_clears() {
+    let mut site = Site::new("pf-etcd", &ROW_4_2_5, "4.3.2", |_| {}).await;
+    site.stage("4.3.2").await;
+    let kcps = capi::kcp_api(&site.client, &site.ns);
+    let kcp = site.cluster.kcp_name();
+    let sick = "Following machines are reporting unhealthy etcd member status: cp-0";
+    dcs::set_condition(
+        &kcps,
+        &kcp,
+        "EtcdClusterHealthy",
+        Some(("EtcdClusterUnhealthy", sick)),
+    )
+    .await
+    .unwrap();
+    site.request("up", json!({})).await;
+    site.start_controller();
+    let message = site.blocked_by("up", CheckName::EtcdHealthy).await;
+    assert!(message.contains(sick), "{message}");
+    site.assert_untouched().await;
+    // etcd recovers, but a MachineHealthCheck now has a worker remediated: still held.
+    let worker = site.cluster.md_machine_names("md-a")[0].clone();
+    let machines = capi::machine_api(&site.client, &site.ns);
+    dcs::set_condition(
+        &machines,
+        &worker,
+        "OwnerRemediated",
+        Some((
+            "WaitingForRemediation",
+            "MachineHealthCheck found the node unhealthy",
+        )),
+    )
+    .await
+    .unwrap();
+    dcs::set_condition(&kcps, &kcp, "EtcdClusterHealthy", None)
+        .await
+        .unwrap();
+    let message = site
+        .blocked_by("up", CheckName::NoRemediationInProgress)
+        .await;
+    assert!(
+        message.contains(&format!(
+            "Machine {worker} (OwnerRemediated=False: WaitingForRemediation)"
+        )),
+        "{message}"
+    );
+    site.assert_untouched().await;
+    // Its owner replaced the machine: the request goes on by itself.
+    dcs::set_condition(&machines, &worker, "OwnerRemediated", None)
+        .await
+        .unwrap();
+    site.assert_proceeds("up", "v1.34.5-3", "4.3.2").await;
+    site.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn an_ip_pool_one_address_short_blocks_until_an_entry_is_added() {
     let mut site = Site::new("pf-pool", &ROW_4_2_5, "4.3.2", |s| {
         s.cluster.ip_pool_spare = 0;
