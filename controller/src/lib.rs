@@ -29,5 +29,6 @@ pub mod observe;
 pub mod platform;
 pub mod preflight;
 pub mod preview;
+pub mod report;
 pub mod status;
 pub mod version;

@@ -71,6 +71,9 @@ enum Command {
     },
     /// Print the hop table for a cluster without changing anything.
     Plan(PlanArgs),
+    /// Show one UpgradeRequest: summary with the time left, preflight, steps, and the running
+    /// step's Machines not yet updated.
+    Status(StatusArgs),
 }
 
 /// Where the platform's Cluster Version Operator keeps its ClusterVersionShadows.
@@ -157,6 +160,19 @@ struct PlanArgs {
     #[arg(long)]
     from: Option<k8s_openapi::jiff::Timestamp>,
     /// Output format.
+    #[arg(short, long, value_enum, default_value = "table")]
+    output: Output,
+}
+
+#[derive(clap::Args)]
+struct StatusArgs {
+    /// The UpgradeRequest's name.
+    name: String,
+    #[arg(short, long, default_value = "default")]
+    namespace: String,
+    /// CAPI API version the Machines are read at.
+    #[arg(long, value_enum, default_value = "v1beta1")]
+    capi_api_version: CapiApiVersion,
     #[arg(short, long, value_enum, default_value = "table")]
     output: Output,
 }
@@ -275,6 +291,36 @@ async fn plan(args: PlanArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn status(args: StatusArgs) -> anyhow::Result<()> {
+    use kube::api::{Api, DynamicObject, ListParams};
+    use upgrade_controller::api::UpgradeRequest;
+    let client = kube::Client::try_default().await?;
+    let ur = Api::<UpgradeRequest>::namespaced(client.clone(), &args.namespace)
+        .get(&args.name)
+        .await
+        .with_context(|| format!("reading UpgradeRequest {}/{}", args.namespace, args.name))?;
+    let version: upgrade_controller::capi::ApiVersion = args.capi_api_version.into();
+    let machines =
+        Api::<DynamicObject>::namespaced_with(client, &args.namespace, &version.machine())
+            .list(&ListParams::default().labels(&format!(
+                "{}={}",
+                upgrade_controller::capi::CLUSTER_NAME_LABEL,
+                ur.spec.cluster_name
+            )))
+            .await
+            .context("listing the Cluster's Machines")?
+            .items
+            .into_iter()
+            .map(|m| serde_json::from_value(serde_json::to_value(m)?))
+            .collect::<Result<Vec<upgrade_controller::capi::Machine>, _>>()?;
+    let r = upgrade_controller::report::report(&ur, &machines, k8s_openapi::jiff::Timestamp::now());
+    match args.output {
+        Output::Table => print!("{}", upgrade_controller::report::text(&r)),
+        Output::Json => println!("{}", serde_json::to_string_pretty(&r)?),
+    }
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
@@ -375,5 +421,6 @@ async fn main() -> anyhow::Result<()> {
             .await
         }
         Command::Plan(args) => plan(args).await,
+        Command::Status(args) => status(args).await,
     }
 }

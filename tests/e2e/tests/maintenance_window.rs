@@ -3,7 +3,8 @@
 //! opening in status (`Ready=False OutsideMaintenanceWindow`, `InMaintenanceWindow=False`,
 //! `status.nextWindow`) having written nothing but its own status (the audit log after a
 //! complete reconcile), and asks the platform for Phase 1 only once the real clock has entered
-//! the window; the first control-plane write follows inside it.
+//! the window; the first control-plane write follows inside it. `upgrade-controller status`
+//! then shows the running step and the control-plane Machines not yet updated.
 
 use std::time::Duration;
 
@@ -149,6 +150,48 @@ async fn a_request_outside_its_window_writes_nothing_and_starts_when_the_window_
         started >= opens,
         "step 1 started at {started}, before {opens}"
     );
+
+    // `upgrade-controller status` on the running upgrade, as an operator would ask it.
+    let status = |output: &str| {
+        let out =
+            std::process::Command::new(project::binary("upgrade-controller", "upgrade-controller"))
+                .args(["status", REQUEST, "-n", &ns, "-o", output])
+                .env("KUBECONFIG", &harness::env().kubeconfig)
+                .output()
+                .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let report: serde_json::Value = serde_json::from_str(&status("json")).unwrap();
+    eprintln!("status -o json: {report:#}");
+    assert_eq!(report["request"], format!("{ns}/{REQUEST}"));
+    assert_eq!(report["phase"], "Upgrading");
+    assert_eq!(report["step"]["number"], 1);
+    assert_eq!(report["step"]["kind"], "ControlPlane");
+    assert!(report["elapsedSeconds"].as_i64().unwrap() >= 0);
+    let pending = report["step"]["machinesPending"].as_array().unwrap();
+    for m in pending {
+        assert_eq!(m["owner"], format!("KubeadmControlPlane {KCP}"), "{m}");
+    }
+    if pending.is_empty() {
+        // Only once the control plane has rolled out at the hop's version.
+        let why = e2e::capi::kcp_rollout_pending(&client, &ns, KCP, "v1.32.11-2")
+            .await
+            .unwrap();
+        assert!(why.is_empty(), "no machine listed while {why:?}");
+    }
+    let text = status("table");
+    for words in [
+        format!("UpgradeRequest {ns}/{REQUEST} for Cluster demo"),
+        "PREFLIGHT (Hop at step 1".to_string(),
+        "STEP 1 (ControlPlane to v1.32.11-2), running".to_string(),
+    ] {
+        assert!(text.contains(&words), "{words:?} missing from:\n{text}");
+    }
     controller.kill();
     run.finish(&client).await;
 }
