@@ -190,6 +190,8 @@ pub enum StallReason {
     TemplateNotFound,
     TemplateInvalid,
     TemplateConflict,
+    /// The provider replaces machines delete-then-add (bare metal) but a rollout has a surge.
+    SurgeNotAllowed,
     /// The platform's own reason, verbatim (the Cluster Version Operator's `Stalled`).
     Platform(String),
     /// An API failure that persisted through retries ([`crate::error::Error::reason`]).
@@ -229,6 +231,7 @@ impl StallReason {
             TemplateNotFound => "TemplateNotFound",
             TemplateInvalid => "TemplateInvalid",
             TemplateConflict => "TemplateConflict",
+            SurgeNotAllowed => "SurgeNotAllowed",
             Platform(r) => r,
             Api(r) => r,
         }

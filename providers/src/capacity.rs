@@ -39,6 +39,13 @@ pub enum ImageLookup {
         data_key: Option<String>,
         data_value: Option<String>,
     },
+    /// Staged when ConfigMap `namespace/name` has the data key `key` (bare metal's image
+    /// catalog, keyed by Kubernetes version).
+    ConfigMapKey {
+        namespace: String,
+        name: String,
+        key: String,
+    },
     /// Nothing in the platform API can confirm it; the operator must confirm the exact name.
     Unverifiable,
 }
@@ -55,6 +62,17 @@ pub fn image_confirmed(lookup: &ImageLookup, configmaps: &[Value]) -> bool {
     match lookup {
         ImageLookup::NotNeeded { .. } => true,
         ImageLookup::Unverifiable => false,
+        ImageLookup::ConfigMapKey {
+            namespace,
+            name,
+            key,
+        } => configmaps.iter().any(|cm| {
+            cm["metadata"]["namespace"] == namespace.as_str()
+                && cm["metadata"]["name"] == name.as_str()
+                && cm["data"][key.as_str()]
+                    .as_str()
+                    .is_some_and(|v| !v.trim().is_empty())
+        }),
         ImageLookup::ConfigMap {
             namespace,
             label_selector,

@@ -10,6 +10,7 @@
 //! pool of per-machine slots a template draws from and how many are free, and how to confirm the
 //! hop's OS image is staged.
 
+mod baremetal;
 mod capacity;
 mod capd;
 mod dcs;
@@ -18,6 +19,7 @@ mod vsphere;
 
 use serde_json::{Map, Value, json};
 
+pub use baremetal::{Baremetal, IMAGE_CATALOG};
 pub use capacity::{
     ImageLookup, PLATFORM_NAMESPACE, SlotCount, SlotPoolRef, image_confirmed, is_label_value,
 };
@@ -42,6 +44,9 @@ pub enum ImageKey {
     Hcs,
     /// No provider-specific name (CAPD in tests): the row's osImageVersion.
     Default,
+    /// The image is found by the Kubernetes version itself (bare metal's image catalog): the
+    /// row's `kubernetesVersion`, with the leading `v`.
+    KubernetesVersion,
 }
 
 /// Errors building a clone. All are problems with the source template's shape.
@@ -135,6 +140,16 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     fn slot_fields(&self) -> &'static [&'static str] {
         &["spec", "status"]
     }
+    /// Whether each hop gets a new machine template (the image is in the template). `false`:
+    /// the template carries no image (bare metal), and the hop's write keeps the reference.
+    fn new_template_per_hop(&self) -> bool {
+        true
+    }
+    /// Whether a rollout may create machines before deleting old ones. `false`: `maxSurge`
+    /// must be 0 on the control plane and every MachineDeployment (bare metal).
+    fn surge_allowed(&self) -> bool {
+        true
+    }
     /// How to confirm that the OS image `image` is staged on the platform.
     fn image_lookup(&self, _image: &str) -> ImageLookup {
         ImageLookup::Unverifiable
@@ -145,10 +160,11 @@ static DCS: Dcs = Dcs;
 static HCS: Hcs = Hcs;
 static VSPHERE: Vsphere = Vsphere;
 static CAPD: Capd = Capd;
+static BAREMETAL: Baremetal = Baremetal;
 
 /// The provider whose slot pools or slot holders are of `kind`.
 pub fn for_slot_kind(kind: &str) -> Option<&'static dyn Provider> {
-    let all: [&'static dyn Provider; 4] = [&DCS, &HCS, &VSPHERE, &CAPD];
+    let all: [&'static dyn Provider; 5] = [&DCS, &HCS, &VSPHERE, &CAPD, &BAREMETAL];
     all.into_iter()
         .find(|p| p.slot_pool_kind() == Some(kind) || p.slot_holder_kind() == Some(kind))
 }
@@ -195,7 +211,7 @@ pub fn keep_only(object: &mut Value, paths: &[&str]) {
 
 /// The provider owning a machine template kind.
 pub fn for_template_kind(kind: &str) -> Result<&'static dyn Provider, ProviderError> {
-    let all: [&'static dyn Provider; 4] = [&DCS, &HCS, &VSPHERE, &CAPD];
+    let all: [&'static dyn Provider; 5] = [&DCS, &HCS, &VSPHERE, &CAPD, &BAREMETAL];
     all.into_iter()
         .find(|p| p.template_kinds().contains(&kind))
         .ok_or_else(|| ProviderError::UnknownKind(kind.to_string()))

@@ -152,6 +152,7 @@ impl MatrixRow {
             ImageKey::Vsphere => images.and_then(|i| i.vsphere.as_deref()),
             ImageKey::Hcs => images.and_then(|i| i.hcs.as_deref()),
             ImageKey::Default => None,
+            ImageKey::KubernetesVersion => return &self.kubernetes_version,
         };
         specific.unwrap_or(&self.os_image_version)
     }

@@ -54,6 +54,11 @@ pub(super) async fn ensure_clone(
     let (ar, api, template) = source_of(client, ns, source, "infrastructure").await?;
     let provider = providers::for_template_kind(&ar.kind)
         .map_err(|e| Stall::new(StallReason::UnsupportedProvider, e.to_string()))?;
+    // The template carries no image (bare metal resolves it from the Machine's version): the
+    // hop keeps today's template.
+    if !provider.new_template_per_hop() {
+        return Ok(capi::reference_to(&template, v1beta2_holder));
+    }
     // A source that already is this hop's clone (a retried step) is reused as is.
     if template["metadata"]["annotations"][providers::KUBERNETES_VERSION_ANNOTATION] == version
         && provider.image_of(&template).as_deref() == Some(image)

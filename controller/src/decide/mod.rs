@@ -1111,6 +1111,35 @@ mod tests {
     }
 
     #[test]
+    fn bare_metal_hops_keep_the_template_take_the_version_as_image_and_never_surge() {
+        let mut o = obs("v1.32.7", "v1.32.7", true);
+        let kcp = o.kcp.as_mut().unwrap();
+        kcp.spec.machine_template.infrastructure_ref = Some(typed(json!({
+            "apiVersion": "infrastructure.cluster.x-k8s.io/v1beta1",
+            "kind": "BaremetalMachineTemplate", "name": "c-control-plane"})));
+        kcp.spec.replicas = Some(3);
+        let status = planned(&o, 1);
+        // The catalog key: the row's Kubernetes version itself.
+        assert_eq!(status.plan[0].os_image, "v1.33.7");
+        // KCP's default rollout surges one machine: refused with the fix.
+        let Decision::Stall(s) = decide(&spec(false), &status, &o, Timestamp::UNIX_EPOCH) else {
+            panic!("a surge must stall");
+        };
+        assert_eq!(s.reason, "SurgeNotAllowed");
+        assert!(
+            s.message.starts_with("the baremetal provider replaces hosts delete-then-add, so maxSurge must be 0: KubeadmControlPlane c-cp has maxSurge 1"),
+            "{}",
+            s.message
+        );
+        o.kcp.as_mut().unwrap().spec.rollout_strategy =
+            Some(typed(json!({"rollingUpdate": {"maxSurge": 0}})));
+        assert!(matches!(
+            decide(&spec(false), &status, &o, Timestamp::UNIX_EPOCH),
+            Decision::Start { index: 0, .. }
+        ));
+    }
+
+    #[test]
     fn paused_stops_at_a_step_boundary_only() {
         let o = obs("v1.32.7", "v1.32.7", true);
         let status = planned(&o, 1);

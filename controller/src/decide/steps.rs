@@ -141,6 +141,10 @@ pub(super) fn pending_step(
             };
         }
     }
+    // Bare metal replaces hosts delete-then-add: no rollout of it may surge.
+    if !landed && let Some(s) = surge_refused(kcp, &obs.mds, step) {
+        return Decision::Stall(s);
+    }
     // A step starts only inside a maintenance window; one whose writes already landed is
     // under way.
     if !landed {
@@ -164,6 +168,55 @@ pub(super) fn pending_step(
             .collect(),
     };
     Decision::Start { index, pools }
+}
+
+/// For a provider that allows no surge (bare metal, DOMAIN.md §4), the rollouts of `step`
+/// that have one, as a stall with the fix.
+fn surge_refused(
+    kcp: &KubeadmControlPlane,
+    mds: &[crate::capi::MachineDeployment],
+    step: &PlanStep,
+) -> Option<Stall> {
+    let provider = providers::for_template_kind(&kcp.infrastructure_ref()?.kind).ok()?;
+    if provider.surge_allowed() {
+        return None;
+    }
+    let mut refused = Vec::new();
+    match step.kind {
+        PlanStepKind::ControlPlane => {
+            let s = capi::surge(kcp.replicas(), kcp.strategy());
+            if s > 0 {
+                refused.push(format!(
+                    "KubeadmControlPlane {} has maxSurge {s}",
+                    capi::name(&kcp.metadata)
+                ));
+            }
+        }
+        PlanStepKind::Workers => {
+            for md in mds
+                .iter()
+                .filter(|md| step.pools.iter().any(|p| p == capi::name(&md.metadata)))
+            {
+                let s = capi::surge(md.replicas(), md.strategy());
+                if s > 0 {
+                    refused.push(format!(
+                        "MachineDeployment {} has maxSurge {s}",
+                        capi::name(&md.metadata)
+                    ));
+                }
+            }
+        }
+    }
+    (!refused.is_empty()).then(|| {
+        Stall::new(
+            StallReason::SurgeNotAllowed,
+            format!(
+                "the {} provider replaces hosts delete-then-add, so maxSurge must be 0: {}; set spec.rolloutStrategy.rollingUpdate.maxSurge: 0 on the KubeadmControlPlane (it needs 3 or more replicas then) and spec.strategy.rollingUpdate.maxSurge: 0 with maxUnavailable of 1 or more on each MachineDeployment; the request goes on once they are",
+                provider.name(),
+                refused.join(", ")
+            ),
+        )
+    })
 }
 
 /// The version pool `pool` declared before step `index`: the last finished Workers step that

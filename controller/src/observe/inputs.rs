@@ -294,6 +294,18 @@ impl Sources {
     /// Whether the platform shows `image` registered (from the cache of the ConfigMaps it is
     /// found by, else by listing them).
     async fn image_confirmed(&self, lookup: &providers::ImageLookup) -> Result<bool, Error> {
+        // Bare metal's catalog: one ConfigMap whose namespace and name the provider fixes.
+        if let providers::ImageLookup::ConfigMapKey {
+            namespace, name, ..
+        } = lookup
+        {
+            let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), namespace);
+            let found = match cms.get_opt(name).await? {
+                Some(cm) => vec![serde_json::to_value(cm)?],
+                None => Vec::new(),
+            };
+            return Ok(providers::image_confirmed(lookup, &found));
+        }
         let providers::ImageLookup::ConfigMap {
             namespace,
             label_selector,

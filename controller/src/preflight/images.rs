@@ -39,6 +39,20 @@ pub(super) fn images(i: &Input<'_>) -> PreflightCheck {
                     ));
                 }
             }
+            ImageLookup::ConfigMapKey {
+                namespace,
+                name,
+                key,
+            } => {
+                if im.confirmed {
+                    ok.push(format!("{}: in ConfigMap {namespace}/{name}", im.image));
+                } else {
+                    missing.push(format!(
+                        "{} (ConfigMap {namespace}/{name} has no key {key}; the bare-metal provider re-renders it in Phase 1, or add the key as its upgrade guide says)",
+                        im.image
+                    ));
+                }
+            }
             ImageLookup::Unverifiable => {
                 if acked(&im.image) {
                     ok.push(format!(
