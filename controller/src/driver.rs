@@ -894,6 +894,7 @@ pub async fn run(client: Client, opts: RunOptions) -> anyhow::Result<()> {
         workloads: WorkloadClients::default(),
         claims: Claims::default(),
         gitops: opts.gitops,
+        watch_namespace: opts.namespace.clone(),
     };
     let ctx = Arc::new(Context::new(sources));
     if let Some(addr) = opts.metrics_addr {

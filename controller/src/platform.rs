@@ -76,6 +76,12 @@ impl CvshConfig {
         })
     }
 
+    /// Whether Cluster `namespace/cluster` is the global cluster itself (self-hosted: the
+    /// controller runs on the cluster it upgrades): the global name in the platform namespace.
+    pub fn is_global(&self, namespace: &str, cluster: &str) -> bool {
+        namespace == self.namespace && cluster == self.global_name
+    }
+
     /// The name of the cvsh of Cluster `namespace/cluster`, or why it has none it may move.
     pub fn name_for(&self, namespace: &str, cluster: &str) -> Result<String, Unmapped> {
         if namespace == self.namespace {

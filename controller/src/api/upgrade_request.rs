@@ -168,7 +168,7 @@ pub struct PreflightSpec {
 }
 
 const SKIP_ONLY_ADVISORY: &str = "self.all(c, c in ['ControlPlaneHealthy', 'NodesReady', 'NoRolloutInProgress', 'IPPoolCapacity', 'OSImagesStaged', 'GitOpsSafe'])";
-const SKIP_ONLY_ADVISORY_MESSAGE: &str = "only advisory checks can be skipped (ControlPlaneHealthy, NodesReady, NoRolloutInProgress, IPPoolCapacity, OSImagesStaged, GitOpsSafe); TargetRowExists, UpgradePathSupported, NotADowngrade, KubernetesVersionsCompatible, GlobalTierAtTarget, WorkloadBelowGlobal, EtcdHealthy, NoRemediationInProgress, SingleActiveRequest and PlatformPreflight keep the platform consistent";
+const SKIP_ONLY_ADVISORY_MESSAGE: &str = "only advisory checks can be skipped (ControlPlaneHealthy, NodesReady, NoRolloutInProgress, IPPoolCapacity, OSImagesStaged, GitOpsSafe); TargetRowExists, UpgradePathSupported, NotADowngrade, KubernetesVersionsCompatible, GlobalTierAtTarget, WorkloadBelowGlobal, WorkloadsCompatible, EtcdHealthy, NoRemediationInProgress, SingleActiveRequest and PlatformPreflight keep the platform consistent";
 
 /// The stable names of the preflight checks.
 #[derive(
@@ -197,6 +197,9 @@ pub enum CheckName {
     GlobalTierAtTarget,
     /// The cluster's Distribution Version is below the global cluster's.
     WorkloadBelowGlobal,
+    /// The global cluster's own request: every workload cluster already runs Kubernetes
+    /// inside the target row's compatible range.
+    WorkloadsCompatible,
     /// The workload API server answers and the control plane is fully ready.
     ControlPlaneHealthy,
     /// The KubeadmControlPlane reports its etcd cluster healthy (`EtcdClusterHealthy`).

@@ -117,6 +117,8 @@ pub struct Sources {
     pub workloads: WorkloadClients,
     pub claims: Claims,
     pub gitops: GitOpsConfig,
+    /// The one namespace the controller is limited to (`--namespace`), if any.
+    pub watch_namespace: Option<String>,
 }
 
 pub(crate) fn not_found(e: &kube::Error) -> bool {
@@ -435,6 +437,10 @@ impl Sources {
         }
 
         let gitops = self.gitops_obs(&ns, obs).await;
+        let global_self = self
+            .cvsh
+            .is_global(&ns, cluster_name)
+            .then(|| self.workloads(&key));
 
         Ok(PreflightObs {
             scope,
@@ -445,7 +451,42 @@ impl Sources {
             slots,
             images,
             gitops,
+            global_self,
         })
+    }
+
+    /// Every Cluster in the caches but `me`, with the versions its control plane and pools
+    /// declare.
+    fn workloads(&self, me: &ClusterKey) -> preflight::Workloads {
+        let mut clusters = Vec::new();
+        for c in self.caches.clusters.all() {
+            let key: ClusterKey = (
+                c.metadata.namespace.clone().unwrap_or_default(),
+                capi::name(&c.metadata).to_string(),
+            );
+            if &key == me {
+                continue;
+            }
+            let mut versions = Vec::new();
+            for kcp in self.caches.kcps.of_cluster(&key) {
+                versions.push((
+                    format!("KubeadmControlPlane {}", capi::name(&kcp.metadata)),
+                    kcp.spec.version.clone(),
+                ));
+            }
+            for md in self.caches.mds.of_cluster(&key) {
+                versions.push((
+                    format!("MachineDeployment {}", capi::name(&md.metadata)),
+                    md.version().to_string(),
+                ));
+            }
+            clusters.push((format!("{}/{}", key.0, key.1), versions));
+        }
+        clusters.sort();
+        preflight::Workloads {
+            clusters,
+            only_namespace: self.watch_namespace.clone(),
+        }
     }
 
     /// The cluster's Git-managed control plane and pools, each with the rule set (Kustomization

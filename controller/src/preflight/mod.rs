@@ -114,6 +114,19 @@ pub struct PreflightObs {
     pub images: Vec<ImageObs>,
     /// The Git-managed KubeadmControlPlane and MachineDeployments, with their tools' rules.
     pub gitops: Vec<gitops::GitOpsObs>,
+    /// For the global cluster's own request: the workload clusters it must not leave behind.
+    pub global_self: Option<Workloads>,
+}
+
+/// Every other Cluster the controller watches, with the Kubernetes versions it declares
+/// (`KubeadmControlPlane cp` → `v1.33.7`), for the global cluster's own upgrade.
+#[derive(Debug, Clone, Default)]
+pub struct Workloads {
+    /// `namespace/name` and its versions.
+    pub clusters: Vec<(String, Vec<(String, String)>)>,
+    /// The one namespace the controller is limited to (`--namespace`), if any: then other
+    /// namespaces' Clusters are not seen.
+    pub only_namespace: Option<String>,
 }
 
 /// An OS image of a remaining hop.
@@ -170,6 +183,7 @@ pub fn checks_for(scope: Scope) -> &'static [CheckName] {
             KubernetesVersionsCompatible,
             GlobalTierAtTarget,
             WorkloadBelowGlobal,
+            WorkloadsCompatible,
             ControlPlaneHealthy,
             EtcdHealthy,
             NoRemediationInProgress,
@@ -249,6 +263,7 @@ fn run(name: CheckName, i: &Input<'_>) -> PreflightCheck {
         KubernetesVersionsCompatible => versions::kubernetes_compatible(i),
         GlobalTierAtTarget => versions::global_at_target(i),
         WorkloadBelowGlobal => versions::below_global(i),
+        WorkloadsCompatible => versions::workloads_compatible(i),
         ControlPlaneHealthy => health::control_plane_healthy(i),
         EtcdHealthy => health::etcd_healthy(i),
         NoRemediationInProgress => health::no_remediation(i),

@@ -285,3 +285,88 @@ fn a_remediation_under_way_blocks_and_names_the_machines() {
     assert!(!CheckName::NoRemediationInProgress.skippable());
     assert!(!CheckName::EtcdHealthy.skippable());
 }
+
+#[test]
+fn the_global_clusters_own_request_checks_the_workload_clusters_and_the_standby_first() {
+    let target = row("4.3.2", "v1.34.5-3", &["4.0"]);
+    let mut obs = pobs();
+    obs.global_self = Some(Workloads {
+        clusters: vec![
+            (
+                "cpaas-system/edge-1".into(),
+                vec![
+                    ("KubeadmControlPlane edge-1-cp".into(), "v1.31.14-2".into()),
+                    ("MachineDeployment edge-1-md".into(), "v1.31.14-2".into()),
+                ],
+            ),
+            (
+                "team-a/old".into(),
+                vec![
+                    ("KubeadmControlPlane old-cp".into(), "v1.30.9".into()),
+                    ("MachineDeployment old-md".into(), "v1.29.3".into()),
+                ],
+            ),
+        ],
+        only_namespace: None,
+    });
+    // The global cluster itself runs 4.0.11; its own cvsh is the primary global.
+    obs.globals = vec![("global".into(), Ok(Some(cvsh("4.0.11"))))];
+    let checks = run_all(&spec(&[]), &target, &cvsh("4.0.11"), &[], &obs);
+    let c = &checks[&CheckName::WorkloadsCompatible];
+    assert_eq!(
+        (c.state, c.reason.as_str()),
+        (CheckState::Failed, "WorkloadClusterOutOfRange")
+    );
+    assert!(
+        c.message.contains("Kubernetes 1.31–1.34 only, and 1 of them are outside: team-a/old (KubeadmControlPlane old-cp at v1.30.9, MachineDeployment old-md at v1.29.3)"),
+        "{}",
+        c.message
+    );
+    assert!(!c.message.contains("edge-1"), "{}", c.message);
+    assert_eq!(
+        checks[&CheckName::WorkloadBelowGlobal].state,
+        CheckState::Passed
+    );
+    let g = &checks[&CheckName::GlobalTierAtTarget];
+    assert_eq!(g.state, CheckState::Passed, "{}", g.message);
+    assert!(g.message.contains("no DR standby"), "{}", g.message);
+
+    // Under DR the standby must be at the target first.
+    obs.globals
+        .push(("standby global".into(), Ok(Some(cvsh("4.2.5")))));
+    obs.global_self.as_mut().unwrap().clusters.pop();
+    let checks = run_all(&spec(&[]), &target, &cvsh("4.0.11"), &[], &obs);
+    assert_eq!(
+        checks[&CheckName::WorkloadsCompatible].state,
+        CheckState::Passed
+    );
+    let g = &checks[&CheckName::GlobalTierAtTarget];
+    assert_eq!(g.state, CheckState::Failed);
+    assert!(
+        g.message.contains("standby global is at 4.2.5"),
+        "{}",
+        g.message
+    );
+    obs.globals[1] = ("standby global".into(), Ok(Some(cvsh("4.3.2"))));
+    let checks = run_all(&spec(&[]), &target, &cvsh("4.0.11"), &[], &obs);
+    assert_eq!(
+        checks[&CheckName::GlobalTierAtTarget].state,
+        CheckState::Passed
+    );
+
+    // A controller limited to one namespace cannot see them all.
+    obs.global_self.as_mut().unwrap().only_namespace = Some("cpaas-system".into());
+    let checks = run_all(&spec(&[]), &target, &cvsh("4.0.11"), &[], &obs);
+    assert_eq!(
+        checks[&CheckName::WorkloadsCompatible].state,
+        CheckState::Unknown
+    );
+    // Not the global cluster: the check does not apply.
+    obs.global_self = None;
+    let checks = run_all(&spec(&[]), &target, &cvsh("4.0.11"), &[], &obs);
+    assert_eq!(
+        checks[&CheckName::WorkloadsCompatible].state,
+        CheckState::Passed
+    );
+    assert!(!CheckName::WorkloadsCompatible.skippable());
+}

@@ -102,6 +102,109 @@ pub(super) fn not_a_downgrade(i: &Input<'_>) -> PreflightCheck {
     }
 }
 
+/// A Kubernetes (major, minor).
+type Minor = (u64, u64);
+
+/// The target row's compatible Kubernetes minors (`compatibleKubernetes`, default: its minor
+/// and the three below), or the check saying the row is malformed.
+fn compatible_range(
+    i: &Input<'_>,
+    name: CheckName,
+    target: &KubeVersion,
+) -> Result<(Minor, Minor), PreflightCheck> {
+    let (major, tminor) = target.minor();
+    let parse_minor = |s: &str| -> Option<(u64, u64)> {
+        let (ma, mi) = s.trim_start_matches('v').split_once('.')?;
+        Some((ma.parse().ok()?, mi.parse().ok()?))
+    };
+    match &i.target.compatible_kubernetes {
+        Some(r) => match (parse_minor(&r.min), parse_minor(&r.max)) {
+            (Some(a), Some(b)) => Ok((a, b)),
+            _ => Err(check(
+                name,
+                CheckState::Failed,
+                "InvalidMatrix",
+                format!(
+                    "row {} compatibleKubernetes {{min: {}, max: {}}} is not MAJOR.MINOR",
+                    i.target.distribution_version, r.min, r.max
+                ),
+            )),
+        },
+        None => Ok(((major, tminor.saturating_sub(3)), (major, tminor))),
+    }
+}
+
+/// [`CheckName::WorkloadsCompatible`]: for the global cluster's own request, every workload
+/// cluster already runs Kubernetes inside the target row's compatible range (before the global
+/// tier moves to 4.3, every workload cluster must be on 1.31–1.34): the global tier must never
+/// leave a workload cluster it can no longer manage. Any other request passes.
+pub(super) fn workloads_compatible(i: &Input<'_>) -> PreflightCheck {
+    let name = CheckName::WorkloadsCompatible;
+    let Some(w) = &i.obs.global_self else {
+        return passed(name, "applies only to the global cluster's own upgrade");
+    };
+    let Ok(target) = KubeVersion::parse(&i.target.kubernetes_version) else {
+        return check(
+            name,
+            CheckState::Failed,
+            "InvalidMatrix",
+            format!(
+                "row {} has an unparsable kubernetesVersion",
+                i.target.distribution_version
+            ),
+        );
+    };
+    let (min, max) = match compatible_range(i, name, &target) {
+        Ok(r) => r,
+        Err(c) => return c,
+    };
+    let range = format!("{}–{}", minor_str(min), minor_str(max));
+    if let Some(ns) = &w.only_namespace {
+        return check(
+            name,
+            CheckState::Unknown,
+            "WorkloadsNotWatched",
+            format!(
+                "the controller watches only namespace {ns} (--namespace), so it cannot see every workload cluster; upgrading the global cluster needs a controller that watches all namespaces (chart watchNamespace: \"\")"
+            ),
+        );
+    }
+    let mut outside = Vec::new();
+    for (cluster, versions) in &w.clusters {
+        let bad: Vec<String> = versions
+            .iter()
+            .filter(|(_, v)| {
+                !KubeVersion::parse(v).is_ok_and(|k| k.minor() >= min && k.minor() <= max)
+            })
+            .map(|(what, v)| format!("{what} at {v}"))
+            .collect();
+        if !bad.is_empty() {
+            outside.push(format!("{cluster} ({})", bad.join(", ")));
+        }
+    }
+    if outside.is_empty() {
+        return passed(
+            name,
+            format!(
+                "all {} workload clusters run Kubernetes within {range}, the range row {} supports",
+                w.clusters.len(),
+                i.target.distribution_version
+            ),
+        );
+    }
+    check(
+        name,
+        CheckState::Failed,
+        "WorkloadClusterOutOfRange",
+        format!(
+            "row {} manages workload clusters at Kubernetes {range} only, and {} of them are outside: {}; upgrade them into that range before the global cluster",
+            i.target.distribution_version,
+            outside.len(),
+            outside.join("; ")
+        ),
+    )
+}
+
 pub(super) fn kubernetes_compatible(i: &Input<'_>) -> PreflightCheck {
     let name = CheckName::KubernetesVersionsCompatible;
     let Ok(target) = KubeVersion::parse(&i.target.kubernetes_version) else {
@@ -115,27 +218,9 @@ pub(super) fn kubernetes_compatible(i: &Input<'_>) -> PreflightCheck {
             ),
         );
     };
-    let (major, tminor) = target.minor();
-    let parse_minor = |s: &str| -> Option<(u64, u64)> {
-        let (ma, mi) = s.trim_start_matches('v').split_once('.')?;
-        Some((ma.parse().ok()?, mi.parse().ok()?))
-    };
-    let (min, max) = match &i.target.compatible_kubernetes {
-        Some(r) => match (parse_minor(&r.min), parse_minor(&r.max)) {
-            (Some(a), Some(b)) => (a, b),
-            _ => {
-                return check(
-                    name,
-                    CheckState::Failed,
-                    "InvalidMatrix",
-                    format!(
-                        "row {} compatibleKubernetes {{min: {}, max: {}}} is not MAJOR.MINOR",
-                        i.target.distribution_version, r.min, r.max
-                    ),
-                );
-            }
-        },
-        None => ((major, tminor.saturating_sub(3)), (major, tminor)),
+    let (min, max) = match compatible_range(i, name, &target) {
+        Ok(r) => r,
+        Err(c) => return c,
     };
     let mut outside = Vec::new();
     let mut seen = vec![(
@@ -190,7 +275,16 @@ pub(super) fn global_at_target(i: &Input<'_>) -> PreflightCheck {
     };
     let mut behind = Vec::new();
     let mut unknown = Vec::new();
-    for (label, cvsh) in &i.obs.globals {
+    // The global cluster's own request: it is the primary; only the DR standby must be
+    // there first.
+    let skip = usize::from(i.obs.global_self.is_some());
+    if skip == 1 && i.obs.globals.len() <= 1 {
+        return passed(
+            name,
+            "this is the global cluster itself, and no DR standby is configured (--global-standby-kubeconfig)",
+        );
+    }
+    for (label, cvsh) in i.obs.globals.iter().skip(skip) {
         match cvsh {
             Err(e) => unknown.push(format!("{label}: {e}")),
             Ok(None) => unknown.push(format!("{label} does not exist")),
@@ -230,6 +324,7 @@ pub(super) fn global_at_target(i: &Input<'_>) -> PreflightCheck {
             i.obs
                 .globals
                 .iter()
+                .skip(skip)
                 .map(|(l, _)| l.as_str())
                 .collect::<Vec<_>>()
                 .join(" and ")
@@ -239,6 +334,12 @@ pub(super) fn global_at_target(i: &Input<'_>) -> PreflightCheck {
 
 pub(super) fn below_global(i: &Input<'_>) -> PreflightCheck {
     let name = CheckName::WorkloadBelowGlobal;
+    if i.obs.global_self.is_some() {
+        return passed(
+            name,
+            "does not apply: this is the global cluster itself (WorkloadsCompatible checks the workload clusters)",
+        );
+    }
     let current = match cluster_version(i, name) {
         Ok(c) => c,
         Err(c) => return c,
