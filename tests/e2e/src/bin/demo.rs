@@ -88,6 +88,7 @@ async fn main() -> Result<()> {
     let started = Instant::now();
     let mut last = String::new();
     let mut preflight_shown = false;
+    let mut status_shown = false;
     loop {
         let ur = api.get("to-4-3").await?;
         let status = ur.status.unwrap_or_default();
@@ -127,6 +128,27 @@ async fn main() -> Result<()> {
                 format!("{}s", started.elapsed().as_secs())
             );
             last = line + &message;
+        }
+        // Once, mid-upgrade: what an operator sees with `upgrade-controller status`.
+        if !status_shown
+            && status
+                .plan
+                .get(2)
+                .is_some_and(|s| s.state == upgrade_controller::api::StepState::InProgress)
+        {
+            status_shown = true;
+            let out = std::process::Command::new(project::binary(
+                "upgrade-controller",
+                "upgrade-controller",
+            ))
+            .args(["status", "to-4-3", "-n", &ns])
+            .env("KUBECONFIG", &env.kubeconfig)
+            .output()?;
+            println!(
+                "\n$ upgrade-controller status to-4-3 -n {ns}\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         match status.phase {
             Some(Phase::Succeeded) => break,
