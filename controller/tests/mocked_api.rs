@@ -163,7 +163,8 @@ fn kcp(version: &str, template: &str) -> Value {
         "status": {"observedGeneration": 1, "replicas": 1, "updatedReplicas": 1,
                    "readyReplicas": 1, "unavailableReplicas": 0, "version": version,
                    "conditions": [{"type": "Ready", "status": "True"},
-                                  {"type": "Available", "status": "True"}]},
+                                  {"type": "Available", "status": "True"},
+                                  {"type": "EtcdClusterHealthy", "status": "True"}]},
     })
 }
 
