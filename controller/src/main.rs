@@ -98,6 +98,11 @@ struct PlatformArgs {
     /// also be at the target before a workload cluster moves.
     #[arg(long)]
     global_standby_kubeconfig: Option<PathBuf>,
+    /// Namespace of the Kube-OVN AppRelease (`cni-kube-ovn`) on the clusters being upgraded.
+    /// The provider's own AppRelease is read from `--cvsh-namespace` of the management
+    /// cluster.
+    #[arg(long, default_value = upgrade_controller::decide::kube_ovn::RELEASE_NAMESPACE)]
+    kube_ovn_namespace: String,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -408,6 +413,7 @@ async fn main() -> anyhow::Result<()> {
                     concurrency,
                     metrics_addr,
                     webhook,
+                    kube_ovn_namespace: platform.kube_ovn_namespace.clone(),
                     gitops: upgrade_controller::observe::inputs::GitOpsConfig {
                         namespaces: gitops_namespaces
                             .into_iter()

@@ -288,6 +288,7 @@ fn context(api: &MockApi, caches: Caches) -> Arc<Context> {
         workloads,
         claims: Claims::default(),
         gitops: Default::default(),
+        kube_ovn_namespace: "cpaas-system".into(),
     }))
 }
 
@@ -491,6 +492,7 @@ async fn a_failed_status_write_after_the_kcp_write_resumes_without_a_second_clon
         },
         claims: Claims::default(),
         gitops: Default::default(),
+        kube_ovn_namespace: "cpaas-system".into(),
     }));
     driver::reconcile(Arc::new(ur), ctx2)
         .await

@@ -117,6 +117,8 @@ pub struct Sources {
     pub workloads: WorkloadClients,
     pub claims: Claims,
     pub gitops: GitOpsConfig,
+    /// Where the Kube-OVN AppRelease lives on the clusters being upgraded.
+    pub kube_ovn_namespace: String,
 }
 
 pub(crate) fn not_found(e: &kube::Error) -> bool {
@@ -435,6 +437,17 @@ impl Sources {
         }
 
         let gitops = self.gitops_obs(&ns, obs).await;
+        let platform_provider = obs
+            .kcp
+            .as_ref()
+            .and_then(|k| k.infrastructure_ref())
+            .and_then(|r| providers::for_template_kind(&r.kind).ok())
+            .is_some_and(|p| p.platform_facts().is_some());
+        let provider_releases = if platform_provider {
+            self.provider_releases().await
+        } else {
+            Ok(Vec::new())
+        };
 
         Ok(PreflightObs {
             scope,
@@ -445,6 +458,7 @@ impl Sources {
             slots,
             images,
             gitops,
+            provider_releases,
         })
     }
 

@@ -64,6 +64,7 @@ pub(crate) fn pobs() -> PreflightObs {
         slots: vec![],
         images: vec![],
         gitops: vec![],
+        provider_releases: Ok(vec![]),
     }
 }
 
