@@ -520,7 +520,7 @@ async fn reconcile_request(cached: &UpgradeRequest, ctx: &Context) -> Result<Act
         finalizer::add_finalizer(&requests, ur).await?;
     }
     if let Some(write) = &decided.write {
-        match apply::execute(&sources.client, &sources.cvsh, ur, &status, &obs, write).await {
+        match apply::execute(sources, ur, &status, &obs, write).await {
             Ok(applied) => {
                 match write {
                     // Found asking for the target already, or handed to Git: recorded,

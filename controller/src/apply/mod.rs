@@ -19,6 +19,7 @@ use crate::capi;
 use crate::decide::{Write, handoff};
 use crate::error::{Error, Stall, StallReason};
 use crate::observe::Observed;
+use crate::observe::inputs::Sources;
 use crate::platform::CvshConfig;
 use crate::version::KubeVersion;
 
@@ -93,13 +94,13 @@ pub struct Applied {
 
 /// Carries out `write`.
 pub async fn execute(
-    client: &Client,
-    cvsh: &CvshConfig,
+    sources: &Sources,
     ur: &UpgradeRequest,
     status: &UpgradeRequestStatus,
     obs: &Observed,
     write: &Write,
 ) -> Result<Applied, Error> {
+    let (client, cvsh) = (&sources.client, &sources.cvsh);
     match write {
         Write::RequestExtensions { version, write } => {
             if *write {
@@ -115,7 +116,12 @@ pub async fn execute(
                 handed_off: Vec::new(),
             })
         }
-        Write::Start { index, pools } => start_step(client, ur, status, obs, *index, pools).await,
+        Write::Start { index, pools } => {
+            if status.plan.get(*index).map(|s| s.kind) == Some(PlanStepKind::KubeOvn) {
+                return kube_ovn::start(sources, ur, status, obs, *index).await;
+            }
+            start_step(client, ur, status, obs, *index, pools).await
+        }
     }
 }
 
@@ -181,12 +187,8 @@ async fn start_step(
         .unwrap_or((1, 0));
     let owner = capi::owner_reference(cluster);
     match step.kind {
-        PlanStepKind::KubeOvn => {
-            let chart = step.kube_ovn_chart.as_deref().unwrap_or_default();
-            kube_ovn::set_chart(client, cluster, chart).await?;
-            applied.wrote = true;
-            Ok(applied)
-        }
+        // [`execute`] hands KubeOvn steps to [`kube_ovn::start`]; nothing is written here.
+        PlanStepKind::KubeOvn => Ok(applied),
         PlanStepKind::ControlPlane => {
             let Some(source) = kcp.infrastructure_ref() else {
                 return Err(Stall::new(

@@ -12,6 +12,7 @@ use crate::api::{MAX_TIMEOUT, UpgradeRequestSpec, UpgradeRequestStatus};
 use crate::capi::Cluster;
 use crate::observe::Observed;
 use crate::version::ReleaseVersion;
+use providers::PlatformFacts;
 
 /// The CAPI Cluster annotation the provider reads the Kube-OVN chart version from.
 pub const VERSION_ANNOTATION: &str = "cpaas.io/kube-ovn-version";
@@ -82,6 +83,49 @@ pub fn with_kube_ovn(plan: Plan, annotation: Option<&str>) -> Result<Plan, PlanE
         target_row: plan.target_row,
         steps,
     })
+}
+
+/// The provider's AppReleases among `releases`: those with a chart whose name ends in
+/// `suffix` (`chart-cluster-api-provider-dcs`), each with that chart entry.
+pub fn provider_releases<'a>(releases: &'a [Value], suffix: &str) -> Vec<(&'a Value, &'a Value)> {
+    releases
+        .iter()
+        .filter_map(|r| {
+            r["spec"]["source"]["charts"]
+                .as_array()?
+                .iter()
+                .find(|c| c["name"].as_str().is_some_and(|n| n.ends_with(suffix)))
+                .map(|c| (r, c))
+        })
+        .collect()
+}
+
+/// The provider release installed, when exactly one AppRelease installs the provider and it
+/// is at its requested revision with phase `Success` (what `ProviderReady` requires).
+pub fn installed_provider(releases: &[Value], facts: &PlatformFacts) -> Option<ReleaseVersion> {
+    let [(release, chart)] = provider_releases(releases, facts.provider_chart)[..] else {
+        return None;
+    };
+    let status = chart_status(release, chart["name"].as_str().unwrap_or_default())?;
+    let installed = status["installedRevision"].as_str()?;
+    (chart["targetRevision"].as_str() == Some(installed) && status["phase"] == "Success")
+        .then(|| ReleaseVersion::parse(installed).ok())
+        .flatten()
+}
+
+/// Whether moving to `chart` also needs the legacy patch of the AppRelease's
+/// `/spec/source/charts/0/targetRevision` (DOMAIN.md §3): a DCS (≤ v1.0.21) or HCS
+/// (≤ v1.0.3) provider below its full-source release keeps the source, for charts below v4.4
+/// (from v4.4 `ProviderReady` requires the full-source provider).
+pub fn needs_revision_patch(
+    facts: &PlatformFacts,
+    installed: &ReleaseVersion,
+    chart: &str,
+) -> bool {
+    let full_source = ReleaseVersion::parse(facts.full_source_from).ok();
+    facts.legacy_needs_revision_patch
+        && full_source.is_some_and(|f| *installed < f)
+        && ReleaseVersion::parse(chart).is_ok_and(|c| !c.at_least(4, 4))
 }
 
 /// How the AppRelease stands against a chart.
@@ -470,6 +514,27 @@ mod tests {
         // A failure of the chart requested before is not this step's: wait for the provider.
         let old = release("v4.2.33", "v4.2.33", "DeployFailed", "False", "False");
         assert!(matches!(release_state(&old, chart), Release::Waiting(_)));
+    }
+
+    #[test]
+    fn only_legacy_dcs_and_hcs_below_v4_4_need_the_revision_patch() {
+        let facts = |kind: &str| {
+            providers::for_template_kind(kind)
+                .unwrap()
+                .platform_facts()
+                .unwrap()
+        };
+        let v = |s| ReleaseVersion::parse(s).unwrap();
+        let dcs = facts("DCSMachineTemplate");
+        assert!(needs_revision_patch(&dcs, &v("v1.0.21"), "v4.3.11"));
+        assert!(!needs_revision_patch(&dcs, &v("v1.0.22"), "v4.3.11"));
+        assert!(!needs_revision_patch(&dcs, &v("v1.0.21"), "v4.4.1"));
+        let hcs = facts("HCSMachineTemplate");
+        assert!(needs_revision_patch(&hcs, &v("v1.0.3"), "v4.2.33"));
+        assert!(!needs_revision_patch(&hcs, &v("v1.0.4"), "v4.2.33"));
+        // Legacy vSphere needs the annotation only.
+        let vsphere = facts("VSphereMachineTemplate");
+        assert!(!needs_revision_patch(&vsphere, &v("v1.0.15"), "v4.3.11"));
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! "Identify the Installed Provider Version"), is fit for the hops that remain:
 //! - installed at the requested revision, phase `Success`;
 //! - at or above its full-source release when the target row's Kube-OVN chart is ≥ v4.4;
-//! - not a legacy DCS/HCS release for a Kube-OVN cluster: those also need the workload
-//!   AppRelease's `targetRevision` JSON-patched, which this controller refuses to do;
+//! - (a legacy DCS/HCS release is named: its Kube-OVN steps also JSON-patch the workload
+//!   AppRelease's `targetRevision`, see `apply::kube_ovn`);
 //! - DCS pairing (DOMAIN.md §1): images of ACP ≥ 4.3.2 need provider ≥ v1.0.21 and the
 //!   reverse, for the hop this preflight is for (each hop's preflight checks its own; a
 //!   cross-boundary upgrade needs the provider upgraded between hops, which the message says).
@@ -13,26 +13,12 @@ use serde_json::Value;
 
 use super::{Input, Scope, check, passed};
 use crate::api::{CheckName, CheckState, PlanStepKind, PreflightCheck, StepState};
-use crate::decide::kube_ovn::chart_status;
+use crate::decide::kube_ovn::{chart_status, provider_releases};
 use crate::version::{DistributionVersion, ReleaseVersion};
 
 /// DCS pairing rule (DOMAIN.md §1): images of ACP ≥ 4.3.2 go with provider ≥ v1.0.21.
 const DCS_PAIRING_ACP: (u64, u64, u64) = (4, 3, 2);
 const DCS_PAIRING_PROVIDER: &str = "v1.0.21";
-
-/// The provider's AppRelease and its chart entry, among `releases`.
-fn find<'a>(releases: &'a [Value], suffix: &str) -> Vec<(&'a Value, &'a Value)> {
-    releases
-        .iter()
-        .filter_map(|r| {
-            r["spec"]["source"]["charts"]
-                .as_array()?
-                .iter()
-                .find(|c| c["name"].as_str().is_some_and(|n| n.ends_with(suffix)))
-                .map(|c| (r, c))
-        })
-        .collect()
-}
 
 fn where_(release: &Value) -> String {
     format!(
@@ -60,7 +46,7 @@ pub(super) fn provider_ready(i: &Input<'_>) -> PreflightCheck {
         Ok(r) => r,
         Err(why) => return check(name, CheckState::Unknown, "ProviderReleaseUnreadable", why),
     };
-    let found = find(releases, facts.provider_chart);
+    let found = provider_releases(releases, facts.provider_chart);
     let Some(&(release, chart)) = found.first() else {
         return check(
             name,
@@ -150,25 +136,18 @@ pub(super) fn provider_ready(i: &Input<'_>) -> PreflightCheck {
             .skip(from)
             .filter(|s| s.state != StepState::Succeeded)
     };
+    let mut notes = Vec::new();
     if legacy
         && facts.legacy_needs_revision_patch
         && let Some(s) = remaining().find(|s| s.kind == PlanStepKind::KubeOvn)
     {
-        return check(
-            name,
-            CheckState::Failed,
-            "LegacyProviderUnsupported",
-            format!(
-                "{at} has the {} provider at {installed}, below {}: that release keeps the Kube-OVN AppRelease's source, so moving the chart (step {} to {}) would also need cni-kube-ovn's /spec/source/charts/0/targetRevision JSON-patched on the workload cluster, which this controller does not do; upgrade the provider to {} or later, or move Kube-OVN by hand as the platform's legacy procedure says",
-                provider.name(),
-                facts.full_source_from,
-                s.index + 1,
-                s.kube_ovn_chart.as_deref().unwrap_or_default(),
-                facts.full_source_from
-            ),
-        );
+        notes.push(format!(
+            "a legacy release (below {}): each Kube-OVN step (the first is step {}, to {}) also patches cni-kube-ovn's /spec/source/charts/0/targetRevision on the workload cluster",
+            facts.full_source_from,
+            s.index + 1,
+            s.kube_ovn_chart.as_deref().unwrap_or_default()
+        ));
     }
-    let mut notes = Vec::new();
     if provider.name() == "dcs" {
         let pairing = ReleaseVersion::parse(DCS_PAIRING_PROVIDER).expect("a valid constant");
         let (ma, mi, pa) = DCS_PAIRING_ACP;
@@ -412,20 +391,19 @@ status:
     }
 
     #[test]
-    fn a_legacy_dcs_provider_is_refused_for_a_kube_ovn_hop() {
+    fn a_legacy_dcs_provider_is_named_for_a_kube_ovn_hop() {
         let (target, plan) = to_4_3_2();
         let c = run(at("v1.0.21"), &target, &plan);
-        assert_fails(&c, "LegacyProviderUnsupported");
+        assert_eq!(c.state, CheckState::Passed, "{c:?}");
         assert!(
-            c.message.contains("/spec/source/charts/0/targetRevision"),
+            c.message.contains("step 1, to v4.3.11) also patches cni-kube-ovn's /spec/source/charts/0/targetRevision"),
             "{}",
             c.message
         );
-        assert!(c.message.contains("step 1 to v4.3.11"), "{}", c.message);
-        // Not a Kube-OVN cluster (no KubeOvn step): only the pairing matters, and v1.0.21 fits
-        // 4.3.2's images.
+        // Not a Kube-OVN cluster (no KubeOvn step): nothing to say.
         let c = run(at("v1.0.21"), &target, &plan[1..]);
         assert_eq!(c.state, CheckState::Passed, "{c:?}");
+        assert!(!c.message.contains("legacy"), "{}", c.message);
     }
 
     #[test]
