@@ -597,6 +597,20 @@ pub struct PlanStep {
     pub message: Option<String>,
 }
 
+impl PlanStep {
+    /// `ControlPlane to Kubernetes v1.33.7-4`, `KubeOvn to chart v4.3.11 (before Kubernetes
+    /// v1.34.5-3)`, for messages.
+    pub fn describe(&self) -> String {
+        match (&self.kind, &self.kube_ovn_chart) {
+            (PlanStepKind::KubeOvn, Some(chart)) => format!(
+                "KubeOvn to chart {chart} (before Kubernetes {})",
+                self.kubernetes_version
+            ),
+            (kind, _) => format!("{kind:?} to Kubernetes {}", self.kubernetes_version),
+        }
+    }
+}
+
 /// What a step moves.
 #[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PlanStepKind {

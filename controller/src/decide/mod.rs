@@ -724,12 +724,7 @@ pub fn pass(
                 step.state = StepState::Succeeded;
                 step.finished_at = Some(Time(now));
                 step.message = None;
-                let msg = format!(
-                    "step {}: {:?} to Kubernetes {} finished",
-                    index + 1,
-                    step.kind,
-                    step.kubernetes_version
-                );
+                let msg = format!("step {}: {} finished", index + 1, step.describe());
                 status::push_history(&mut status, now, msg);
             }
             Decision::Wait {

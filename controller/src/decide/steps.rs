@@ -152,12 +152,7 @@ pub(super) fn pending_step(
     // A step starts only inside a maintenance window; one whose writes already landed is
     // under way.
     if !landed {
-        let what = format!(
-            "step {} ({:?} to Kubernetes {})",
-            index + 1,
-            step.kind,
-            step.kubernetes_version
-        );
+        let what = format!("step {} ({})", index + 1, step.describe());
         if let Some(c) = super::window_closed(spec, now, what) {
             return Decision::OutsideWindow(c);
         }
