@@ -223,7 +223,13 @@ async fn plan(args: PlanArgs) -> anyhow::Result<()> {
     let obs = match &args.objects {
         Some(path) => {
             let docs = read_yaml_docs(path)?;
-            Observed {
+            let mut obs = Observed {
+                cluster: docs
+                    .iter()
+                    .find(|d| d["kind"] == "Cluster")
+                    .map(|d| serde_json::from_value(d.clone()))
+                    .transpose()
+                    .context("reading the Cluster")?,
                 kcp: docs
                     .iter()
                     .find(|d| d["kind"] == "KubeadmControlPlane")
@@ -238,7 +244,9 @@ async fn plan(args: PlanArgs) -> anyhow::Result<()> {
                     .context("reading the MachineDeployments")?,
                 matrix: matrix_from_file.clone(),
                 ..Observed::default()
-            }
+            };
+            obs.network = observe::network::from_objects(&obs, &docs);
+            obs
         }
         None => {
             let client = kube::Client::try_default().await?;

@@ -99,6 +99,40 @@ pub async fn network(client: &Client, obs: &Observed) -> Result<Network, Error> 
     )
 }
 
+/// [`network`] from objects given as files (the `plan` preview): the Cluster, and its
+/// infrastructure cluster when among `docs`. Without a Cluster the network is not known to be
+/// Kube-OVN.
+pub fn from_objects(obs: &Observed, docs: &[Value]) -> Network {
+    let (Some(cluster), Some(kcp)) = (&obs.cluster, &obs.kcp) else {
+        return Network::Other;
+    };
+    let Some(facts) = kcp
+        .infrastructure_ref()
+        .and_then(|r| providers::for_template_kind(&r.kind).ok())
+        .and_then(|p| p.platform_facts())
+    else {
+        return Network::Other;
+    };
+    let cluster_json = serde_json::to_value(cluster).unwrap_or_default();
+    let infra = match facts.network {
+        NetworkTypeSource::InfraCluster { kind } => {
+            let name = cluster
+                .spec
+                .infrastructure_ref
+                .as_ref()
+                .map(|r| r.name.as_str());
+            docs.iter()
+                .find(|d| d["kind"] == kind && d["metadata"]["name"].as_str() == name)
+        }
+        _ => None,
+    };
+    if providers::uses_kube_ovn(facts.network, &cluster_json, infra) {
+        Network::KubeOvn
+    } else {
+        Network::Other
+    }
+}
+
 /// Whether the next unfinished step is a KubeOvn step (then its AppRelease is read).
 pub fn kube_ovn_step_next(status: &UpgradeRequestStatus) -> bool {
     status

@@ -119,7 +119,7 @@ async fn kube_ovn_then_control_plane(prefix: &str, from: &e2e::site::Row, hop: (
                 break rv;
             }
             assert!(start.elapsed() < WAIT, "the KCP watch never saw {k8s}");
-            std::thread::sleep(Duration::from_millis(100));
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     };
     let at = ListParams::default().at(&rv).matching(VersionMatch::Exact);
