@@ -353,10 +353,12 @@ async fn a_paused_cluster_is_waited_for_and_a_change_behind_the_controller_stall
         .await
         .unwrap();
     site.assert_proceeds("up", "v1.34.5-3", "4.3.2").await;
-    site.wait("up", "step 1 in progress", |ur| {
+    // The control-plane step (after the Kube-OVN step: the static cluster is Kube-OVN).
+    site.wait("up", "the control-plane step in progress", |ur| {
         ur.status.as_ref().is_some_and(|s| {
             s.plan
-                .first()
+                .iter()
+                .find(|st| st.kind == upgrade_controller::api::PlanStepKind::ControlPlane)
                 .is_some_and(|st| st.state == upgrade_controller::api::StepState::InProgress)
         })
     })
