@@ -57,6 +57,8 @@ pub struct RunOptions {
     /// served).
     pub webhook: Option<(std::net::SocketAddr, std::path::PathBuf)>,
     pub gitops: crate::observe::inputs::GitOpsConfig,
+    /// Where the Kube-OVN AppRelease lives on the clusters being upgraded.
+    pub kube_ovn_namespace: String,
 }
 
 pub struct Context {
@@ -328,6 +330,8 @@ fn running_rollout(status: &UpgradeRequestStatus, obs: &Observed) -> Vec<String>
     };
     let version = step.kubernetes_version.as_str();
     match step.kind {
+        // The provider moves the chart on its own; no Machine waits for it.
+        PlanStepKind::KubeOvn => Vec::new(),
         PlanStepKind::ControlPlane => decide::control_plane_pending(obs, kcp, version),
         PlanStepKind::Workers => obs
             .mds
@@ -495,6 +499,10 @@ async fn reconcile_request(cached: &UpgradeRequest, ctx: &Context) -> Result<Act
     }
     let generation = ur.metadata.generation.unwrap_or(0);
     let stored = ur.status.clone().unwrap_or_default();
+    obs.network = crate::observe::network::network(&sources.client, &obs).await?;
+    if crate::observe::network::kube_ovn_step_next(&stored) {
+        obs.kube_ovn_release = Some(sources.kube_ovn_release(&ns, &ur.spec.cluster_name).await);
+    }
     let now = Timestamp::now();
     if let Some(scope) = decide::preflight_scope(&stored) {
         obs.preflight = Some(sources.preflight(ur, &stored, &obs, scope).await?);
@@ -512,7 +520,7 @@ async fn reconcile_request(cached: &UpgradeRequest, ctx: &Context) -> Result<Act
         finalizer::add_finalizer(&requests, ur).await?;
     }
     if let Some(write) = &decided.write {
-        match apply::execute(&sources.client, &sources.cvsh, ur, &status, &obs, write).await {
+        match apply::execute(sources, ur, &status, &obs, write).await {
             Ok(applied) => {
                 match write {
                     // Found asking for the target already, or handed to Git: recorded,
@@ -523,6 +531,7 @@ async fn reconcile_request(cached: &UpgradeRequest, ctx: &Context) -> Result<Act
                         ctx.metrics
                             .wrote(match status.plan.get(*index).map(|s| s.kind) {
                                 Some(PlanStepKind::ControlPlane) => "ControlPlane",
+                                Some(PlanStepKind::KubeOvn) => "Cluster",
                                 _ => "Workers",
                             })
                     }
@@ -895,6 +904,7 @@ pub async fn run(client: Client, opts: RunOptions) -> anyhow::Result<()> {
         claims: Claims::default(),
         gitops: opts.gitops,
         watch_namespace: opts.namespace.clone(),
+        kube_ovn_namespace: opts.kube_ovn_namespace,
     };
     let ctx = Arc::new(Context::new(sources));
     if let Some(addr) = opts.metrics_addr {

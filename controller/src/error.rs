@@ -192,6 +192,12 @@ pub enum StallReason {
     TemplateConflict,
     /// The provider replaces machines delete-then-add (bare metal) but a rollout has a surge.
     SurgeNotAllowed,
+    /// The cluster uses Kube-OVN but its network type, or the infrastructure cluster that
+    /// records it, could not be read or is refused.
+    NetworkUnknown,
+    /// The cluster's Kube-OVN AppRelease reports `DownloadFailed`, `DeployFailed` or
+    /// `NotReady` (DOMAIN.md §3).
+    KubeOvnFailed,
     /// The platform's own reason, verbatim (the Cluster Version Operator's `Stalled`).
     Platform(String),
     /// An API failure that persisted through retries ([`crate::error::Error::reason`]).
@@ -232,6 +238,8 @@ impl StallReason {
             TemplateInvalid => "TemplateInvalid",
             TemplateConflict => "TemplateConflict",
             SurgeNotAllowed => "SurgeNotAllowed",
+            NetworkUnknown => "NetworkUnknown",
+            KubeOvnFailed => "KubeOvnFailed",
             Platform(r) => r,
             Api(r) => r,
         }

@@ -98,6 +98,11 @@ struct PlatformArgs {
     /// also be at the target before a workload cluster moves.
     #[arg(long)]
     global_standby_kubeconfig: Option<PathBuf>,
+    /// Namespace of the Kube-OVN AppRelease (`cni-kube-ovn`) on the clusters being upgraded.
+    /// The provider's own AppRelease is read from `--cvsh-namespace` of the management
+    /// cluster.
+    #[arg(long, default_value = upgrade_controller::decide::kube_ovn::RELEASE_NAMESPACE)]
+    kube_ovn_namespace: String,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -218,7 +223,13 @@ async fn plan(args: PlanArgs) -> anyhow::Result<()> {
     let obs = match &args.objects {
         Some(path) => {
             let docs = read_yaml_docs(path)?;
-            Observed {
+            let mut obs = Observed {
+                cluster: docs
+                    .iter()
+                    .find(|d| d["kind"] == "Cluster")
+                    .map(|d| serde_json::from_value(d.clone()))
+                    .transpose()
+                    .context("reading the Cluster")?,
                 kcp: docs
                     .iter()
                     .find(|d| d["kind"] == "KubeadmControlPlane")
@@ -233,7 +244,9 @@ async fn plan(args: PlanArgs) -> anyhow::Result<()> {
                     .context("reading the MachineDeployments")?,
                 matrix: matrix_from_file.clone(),
                 ..Observed::default()
-            }
+            };
+            obs.network = observe::network::from_objects(&obs, &docs);
+            obs
         }
         None => {
             let client = kube::Client::try_default().await?;
@@ -408,6 +421,7 @@ async fn main() -> anyhow::Result<()> {
                     concurrency,
                     metrics_addr,
                     webhook,
+                    kube_ovn_namespace: platform.kube_ovn_namespace.clone(),
                     gitops: upgrade_controller::observe::inputs::GitOpsConfig {
                         namespaces: gitops_namespaces
                             .into_iter()

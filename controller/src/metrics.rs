@@ -187,6 +187,7 @@ impl Metrics {
             let secs = end.0.duration_since(start.0).as_secs_f64();
             if secs >= 0.0 {
                 let kind = match step.kind {
+                    PlanStepKind::KubeOvn => "KubeOvn",
                     PlanStepKind::ControlPlane => "ControlPlane",
                     PlanStepKind::Workers => "Workers",
                 };

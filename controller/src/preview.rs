@@ -25,6 +25,9 @@ pub struct PreviewStep {
     pub etcd_image_tag: String,
     pub os_image: String,
     pub pools: Vec<String>,
+    /// A KubeOvn step's chart (the Cluster annotation `cpaas.io/kube-ovn-version`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kube_ovn_chart: Option<String>,
     /// Where the step falls in `spec.maintenanceWindow`, when the preview was given one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub window: Option<StepWindow>,
@@ -68,7 +71,7 @@ pub fn schedule(
             break;
         };
         let length = match step.kind {
-            "ControlPlane" => cp,
+            "ControlPlane" | "KubeOvn" => cp,
             _ => {
                 let batches = step
                     .pools
@@ -104,7 +107,7 @@ pub fn preview(
         .ok_or_else(|| anyhow::anyhow!("no KubeadmControlPlane found for the cluster"))?;
     let key = decide::image_key(kcp).map_err(|s| anyhow::anyhow!(s.message))?;
     let current = decide::declared(obs).expect("kcp present");
-    let p = plan::plan(
+    let hops = plan::plan(
         PlanInput {
             rows,
             target,
@@ -113,12 +116,14 @@ pub fn preview(
         },
         &current,
     )?;
+    let p = decide::with_network(hops, obs).map_err(|s| anyhow::anyhow!(s.message))?;
     Ok(p.steps
         .into_iter()
         .enumerate()
         .map(|(i, s)| PreviewStep {
             step: i + 1,
             kind: match s.kind {
+                StepKind::KubeOvn => "KubeOvn",
                 StepKind::ControlPlane => "ControlPlane",
                 StepKind::Workers => "Workers",
             },
@@ -128,6 +133,7 @@ pub fn preview(
             etcd_image_tag: s.row.etcd_image_tag,
             os_image: s.os_image,
             pools: s.pools,
+            kube_ovn_chart: s.kube_ovn_chart,
             window: None,
         })
         .collect())
@@ -149,14 +155,23 @@ pub fn table(steps: &[PreviewStep]) -> String {
     let rows: Vec<[String; 8]> = steps
         .iter()
         .map(|s| {
+            // A KubeOvn step moves the chart only: its row's tags and image are the next step's.
+            let (dns, etcd, image) = match &s.kube_ovn_chart {
+                Some(chart) => ("-".into(), "-".into(), format!("kube-ovn chart {chart}")),
+                None => (
+                    s.core_dns_image_tag.clone(),
+                    s.etcd_image_tag.clone(),
+                    s.os_image.clone(),
+                ),
+            };
             [
                 s.step.to_string(),
                 s.kind.to_string(),
                 s.distribution_version.clone(),
                 s.kubernetes_version.clone(),
-                s.core_dns_image_tag.clone(),
-                s.etcd_image_tag.clone(),
-                s.os_image.clone(),
+                dns,
+                etcd,
+                image,
                 if s.pools.is_empty() {
                     "-".into()
                 } else {
@@ -224,6 +239,7 @@ mod tests {
             etcd_image_tag: String::new(),
             os_image: String::new(),
             pools: pools.iter().map(|p| p.to_string()).collect(),
+            kube_ovn_chart: None,
             window: None,
         }
     }

@@ -87,6 +87,8 @@ fn pending_machines(step: &PlanStep, machines: &[Machine]) -> Vec<PendingMachine
     let mut out = Vec::new();
     for m in machines {
         let owner = match step.kind {
+            // A chart step moves no Machine.
+            PlanStepKind::KubeOvn => None,
             PlanStepKind::ControlPlane => m
                 .label(capi::CONTROL_PLANE_NAME_LABEL)
                 .map(|k| format!("KubeadmControlPlane {k}")),
@@ -165,13 +167,17 @@ pub fn report(ur: &UpgradeRequest, machines: &[Machine], now: Timestamp) -> Repo
     let estimated_seconds_left = if finished {
         None
     } else {
-        let (cp, workers) = (
+        let (ovn, cp, workers) = (
+            average(PlanStepKind::KubeOvn),
             average(PlanStepKind::ControlPlane),
             average(PlanStepKind::Workers),
         );
         let mut left = Some(SignedDuration::ZERO);
         for s in plan.iter().filter(|s| s.state != StepState::Succeeded) {
             let each = match s.kind {
+                // A chart step takes about as long as the last one, else no time is guessed
+                // for it (it moves no Machine).
+                PlanStepKind::KubeOvn => ovn.or(Some(SignedDuration::ZERO)),
                 PlanStepKind::ControlPlane => cp.or(workers),
                 PlanStepKind::Workers => workers.or(cp),
             };

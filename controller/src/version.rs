@@ -18,6 +18,8 @@ pub enum VersionError {
         "{0:?} is not a target version (expected MAJOR.MINOR such as 4.3, or MAJOR.MINOR.PATCH)"
     )]
     Target(String),
+    #[error("{0:?} is not a chart or provider release (expected vMAJOR.MINOR.PATCH, e.g. v4.3.11)")]
+    Release(String),
 }
 
 /// A Kubernetes version as written in `spec.version`, with its numeric major.minor.
@@ -97,6 +99,30 @@ impl DistributionVersion {
 impl fmt::Display for DistributionVersion {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)
+    }
+}
+
+/// A Helm chart or provider release (`v4.3.11`, `v1.0.22`): semver with an optional `v`
+/// (DOMAIN.md §3: the Kube-OVN chart boundary v4.4, the providers' full-source releases).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ReleaseVersion(semver::Version);
+
+impl ReleaseVersion {
+    pub fn parse(s: &str) -> Result<Self, VersionError> {
+        semver::Version::parse(s.strip_prefix('v').unwrap_or(s))
+            .map(Self)
+            .map_err(|_| VersionError::Release(s.to_string()))
+    }
+
+    /// At or above `major.minor.0` (a pre-release of it is below).
+    pub fn at_least(&self, major: u64, minor: u64) -> bool {
+        self.0 >= semver::Version::new(major, minor, 0)
+    }
+}
+
+impl fmt::Display for ReleaseVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "v{}", self.0)
     }
 }
 
@@ -187,6 +213,20 @@ mod tests {
         );
         for s in ["4.3", "4.3.0-rc.1", "four"] {
             assert!(DistributionVersion::parse(s).is_err(), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn releases_order_as_semver_with_or_without_v() {
+        let v = |s| ReleaseVersion::parse(s).unwrap();
+        assert!(v("v1.0.22") > v("v1.0.21"));
+        assert!(v("v1.0.4") < v("1.0.16"));
+        assert!(v("v4.4.1").at_least(4, 4));
+        assert!(!v("v4.3.11").at_least(4, 4));
+        assert!(!v("v4.4.0-beta.1").at_least(4, 4));
+        assert_eq!(v("4.3.11").to_string(), "v4.3.11");
+        for s in ["", "v4.3", "latest", "v4.x.1"] {
+            assert!(ReleaseVersion::parse(s).is_err(), "{s:?}");
         }
     }
 

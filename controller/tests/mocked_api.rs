@@ -290,6 +290,7 @@ fn context(api: &MockApi, caches: Caches) -> Arc<Context> {
         claims: Claims::default(),
         gitops: Default::default(),
         watch_namespace: None,
+        kube_ovn_namespace: "cpaas-system".into(),
     }))
 }
 
@@ -494,6 +495,7 @@ async fn a_failed_status_write_after_the_kcp_write_resumes_without_a_second_clon
         claims: Claims::default(),
         gitops: Default::default(),
         watch_namespace: None,
+        kube_ovn_namespace: "cpaas-system".into(),
     }));
     driver::reconcile(Arc::new(ur), ctx2)
         .await

@@ -247,6 +247,7 @@ fn observed() -> impl Strategy<Value = (Observed, Vec<Value>)> {
                 applied_by: None,
                 machine_pools: if oddity == 7 { vec!["mp".into()] } else { vec![] },
                 cvsh_refused: None,
+                ..Default::default()
             };
             (obs, machines)
         })

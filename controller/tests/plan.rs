@@ -46,6 +46,11 @@ fn render(steps: &[Step]) -> Vec<String> {
     steps
         .iter()
         .map(|s| match s.kind {
+            StepKind::KubeOvn => format!(
+                "OVN {} {}",
+                s.row.distribution_version,
+                s.kube_ovn_chart.as_deref().unwrap_or_default()
+            ),
             StepKind::ControlPlane => format!(
                 "CP {} {}",
                 s.row.distribution_version, s.row.kubernetes_version
@@ -310,6 +315,7 @@ proptest! {
                         "control plane {} -> {}", cp_minor, step_minor);
                     cp_minor = step_minor;
                 }
+                StepKind::KubeOvn => prop_assert!(false, "the hop planner plans no KubeOvn step"),
                 StepKind::Workers => {
                     // Control plane first: workers only ever join the control plane's minor.
                     prop_assert_eq!(step_minor, cp_minor);

@@ -17,6 +17,24 @@ fn run(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// `kind kubernetesVersion <third>` per step of a JSON plan.
+fn summary(stdout: &str, third: &str) -> Vec<String> {
+    let steps: serde_json::Value = serde_json::from_str(stdout).unwrap();
+    steps
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            format!(
+                "{} {} {}",
+                s["kind"].as_str().unwrap(),
+                s["kubernetesVersion"].as_str().unwrap(),
+                s[third].as_str().unwrap_or("-")
+            )
+        })
+        .collect()
+}
+
 const FILES: [&str; 4] = [
     "--matrix-file",
     "../config/samples/os-support-matrix.yaml",
@@ -31,21 +49,8 @@ fn plan_from_files_as_json() {
     let (ok, stdout, stderr) = run(&args);
     assert!(ok, "{stderr}");
     let steps: serde_json::Value = serde_json::from_str(&stdout).unwrap();
-    let summary: Vec<String> = steps
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| {
-            format!(
-                "{} {} {}",
-                s["kind"].as_str().unwrap(),
-                s["kubernetesVersion"].as_str().unwrap(),
-                s["osImage"].as_str().unwrap()
-            )
-        })
-        .collect();
     assert_eq!(
-        summary,
+        summary(&stdout, "osImage"),
         [
             "ControlPlane v1.33.7-4 acp-4.2.5-kube-v1.33.7-4",
             "Workers v1.33.7-4 acp-4.2.5-kube-v1.33.7-4",
@@ -104,4 +109,46 @@ fn plan_places_the_steps_in_the_requests_maintenance_windows() {
     let steps: serde_json::Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(steps[2]["window"]["fits"], false);
     assert_eq!(steps[0]["window"]["fits"], true);
+}
+
+#[test]
+fn a_kube_ovn_cluster_previews_a_chart_step_before_each_control_plane_hop() {
+    let (ok, stdout, stderr) = run(&[
+        "plan",
+        "--target",
+        "4.3",
+        "-o",
+        "json",
+        "--matrix-file",
+        "../config/samples/os-support-matrix.yaml",
+        "--objects",
+        "tests/fixtures/cluster-4.1-kube-ovn.yaml",
+    ]);
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        summary(&stdout, "kubeOvnChart"),
+        [
+            "KubeOvn v1.33.7-4 v4.2.33",
+            "ControlPlane v1.33.7-4 -",
+            "Workers v1.33.7-4 -",
+            "KubeOvn v1.34.5-3 v4.3.11",
+            "ControlPlane v1.34.5-3 -",
+            "Workers v1.34.5-3 -",
+        ]
+    );
+    let (ok, table, _) = run(&[
+        "plan",
+        "--target",
+        "4.3",
+        "--matrix-file",
+        "../config/samples/os-support-matrix.yaml",
+        "--objects",
+        "tests/fixtures/cluster-4.1-kube-ovn.yaml",
+    ]);
+    assert!(ok);
+    let first = table.lines().nth(1).unwrap();
+    assert!(
+        first.starts_with("1     KubeOvn") && first.contains("kube-ovn chart v4.2.33"),
+        "{table}"
+    );
 }

@@ -12,7 +12,7 @@
 use serde_json::Value;
 
 use crate::capacity::PLATFORM_NAMESPACE;
-use crate::{ImageKey, ImageLookup, Provider};
+use crate::{ImageKey, ImageLookup, NetworkTypeSource, PlatformFacts, Provider};
 
 #[derive(Debug, Default)]
 pub struct Baremetal;
@@ -29,6 +29,17 @@ impl Provider for Baremetal {
     }
     fn image_key(&self) -> ImageKey {
         ImageKey::KubernetesVersion
+    }
+    /// DOMAIN.md §3 "Kube-OVN", "Provider version".
+    fn platform_facts(&self) -> Option<PlatformFacts> {
+        Some(PlatformFacts {
+            network: NetworkTypeSource::InfraCluster {
+                kind: "BaremetalCluster",
+            },
+            provider_chart: "chart-cluster-api-provider-baremetal",
+            full_source_from: "v0.0.1",
+            legacy_needs_revision_patch: false,
+        })
     }
     fn new_template_per_hop(&self) -> bool {
         false

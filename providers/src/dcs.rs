@@ -23,7 +23,10 @@ use std::collections::BTreeSet;
 use serde_json::Value;
 
 use crate::capacity::{PLATFORM_NAMESPACE, is_label_value, pool_ref};
-use crate::{ImageKey, ImageLookup, Provider, ProviderError, SlotCount, SlotPoolRef};
+use crate::{
+    ImageKey, ImageLookup, NetworkTypeSource, PlatformFacts, Provider, ProviderError, SlotCount,
+    SlotPoolRef,
+};
 
 #[derive(Debug, Default)]
 pub struct Dcs;
@@ -44,6 +47,15 @@ impl Provider for Dcs {
     }
     fn image_key(&self) -> ImageKey {
         ImageKey::Dcs
+    }
+    /// DOMAIN.md §3 "Kube-OVN", "Provider version".
+    fn platform_facts(&self) -> Option<PlatformFacts> {
+        Some(PlatformFacts {
+            network: NetworkTypeSource::InfraCluster { kind: "DCSCluster" },
+            provider_chart: "chart-cluster-api-provider-dcs",
+            full_source_from: "v1.0.22",
+            legacy_needs_revision_patch: true,
+        })
     }
     fn image_field(&self) -> Option<&'static str> {
         Some("vmTemplateName")

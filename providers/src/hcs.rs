@@ -15,7 +15,10 @@
 use serde_json::Value;
 
 use crate::capacity::{PLATFORM_NAMESPACE, pool_ref};
-use crate::{ImageKey, ImageLookup, Provider, ProviderError, SlotCount, SlotPoolRef};
+use crate::{
+    ImageKey, ImageLookup, NetworkTypeSource, PlatformFacts, Provider, ProviderError, SlotCount,
+    SlotPoolRef,
+};
 
 #[derive(Debug, Default)]
 pub struct Hcs;
@@ -34,6 +37,15 @@ impl Provider for Hcs {
     }
     fn image_key(&self) -> ImageKey {
         ImageKey::Hcs
+    }
+    /// DOMAIN.md §3 "Kube-OVN", "Provider version".
+    fn platform_facts(&self) -> Option<PlatformFacts> {
+        Some(PlatformFacts {
+            network: NetworkTypeSource::InfraCluster { kind: "HCSCluster" },
+            provider_chart: "chart-cluster-api-provider-hcs",
+            full_source_from: "v1.0.4",
+            legacy_needs_revision_patch: true,
+        })
     }
     fn image_field(&self) -> Option<&'static str> {
         Some("imageName")

@@ -15,6 +15,7 @@ mod capacity;
 mod capd;
 mod dcs;
 mod hcs;
+mod network;
 mod vsphere;
 
 use serde_json::{Map, Value, json};
@@ -26,6 +27,9 @@ pub use capacity::{
 pub use capd::Capd;
 pub use dcs::{DCS_VM_TEMPLATE_LABEL, Dcs};
 pub use hcs::{HCS_OS_IMAGE_KEY, HCS_OS_RELEASE_LABEL, Hcs};
+pub use network::{
+    KUBE_OVN, NETWORK_TYPE_ANNOTATION, NetworkTypeSource, PlatformFacts, uses_kube_ovn,
+};
 pub use vsphere::Vsphere;
 
 /// Annotation on a cloned template: the name of the first template of its line, so clones of
@@ -153,6 +157,11 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
     /// How to confirm that the OS image `image` is staged on the platform.
     fn image_lookup(&self, _image: &str) -> ImageLookup {
         ImageLookup::Unverifiable
+    }
+    /// Where its clusters record a Kube-OVN network, its AppRelease's chart and its Kube-OVN
+    /// thresholds (`None`: a provider without the platform's Kube-OVN integration, CAPD).
+    fn platform_facts(&self) -> Option<PlatformFacts> {
+        None
     }
 }
 

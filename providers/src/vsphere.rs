@@ -18,7 +18,9 @@
 use serde_json::Value;
 
 use crate::capacity::pool_ref;
-use crate::{ImageKey, Provider, ProviderError, SlotCount, SlotPoolRef};
+use crate::{
+    ImageKey, NetworkTypeSource, PlatformFacts, Provider, ProviderError, SlotCount, SlotPoolRef,
+};
 
 #[derive(Debug, Default)]
 pub struct Vsphere;
@@ -32,6 +34,15 @@ impl Provider for Vsphere {
     }
     fn image_key(&self) -> ImageKey {
         ImageKey::Vsphere
+    }
+    /// DOMAIN.md §3 "Kube-OVN", "Provider version".
+    fn platform_facts(&self) -> Option<PlatformFacts> {
+        Some(PlatformFacts {
+            network: NetworkTypeSource::ClusterAnnotation,
+            provider_chart: "chart-cluster-api-provider-vsphere",
+            full_source_from: "v1.0.16",
+            legacy_needs_revision_patch: false,
+        })
     }
     fn image_field(&self) -> Option<&'static str> {
         Some("template")

@@ -168,7 +168,7 @@ pub struct PreflightSpec {
 }
 
 const SKIP_ONLY_ADVISORY: &str = "self.all(c, c in ['ControlPlaneHealthy', 'NodesReady', 'NoRolloutInProgress', 'IPPoolCapacity', 'OSImagesStaged', 'GitOpsSafe'])";
-const SKIP_ONLY_ADVISORY_MESSAGE: &str = "only advisory checks can be skipped (ControlPlaneHealthy, NodesReady, NoRolloutInProgress, IPPoolCapacity, OSImagesStaged, GitOpsSafe); TargetRowExists, UpgradePathSupported, NotADowngrade, KubernetesVersionsCompatible, GlobalTierAtTarget, WorkloadBelowGlobal, WorkloadsCompatible, EtcdHealthy, NoRemediationInProgress, SingleActiveRequest and PlatformPreflight keep the platform consistent";
+const SKIP_ONLY_ADVISORY_MESSAGE: &str = "only advisory checks can be skipped (ControlPlaneHealthy, NodesReady, NoRolloutInProgress, IPPoolCapacity, OSImagesStaged, GitOpsSafe); TargetRowExists, UpgradePathSupported, NotADowngrade, KubernetesVersionsCompatible, GlobalTierAtTarget, WorkloadBelowGlobal, WorkloadsCompatible, EtcdHealthy, NoRemediationInProgress, SingleActiveRequest, PlatformPreflight and ProviderReady keep the platform consistent";
 
 /// The stable names of the preflight checks.
 #[derive(
@@ -224,6 +224,12 @@ pub enum CheckName {
     /// `RespectIgnoreDifferences=true`). Listing it in `spec.preflight.skip` is the explicit
     /// acknowledgement that a revert is accepted (the version guard then refuses it).
     GitOpsSafe,
+    /// The infrastructure provider's AppRelease on the management cluster is installed at its
+    /// requested revision with phase `Success`; for a target Kube-OVN chart ≥ v4.4 it is at
+    /// or above its full-source release; DCS images of ACP ≥ 4.3.2 go with provider ≥
+    /// v1.0.21 and the reverse; a legacy provider that would need the AppRelease revision
+    /// patch is refused.
+    ProviderReady,
 }
 
 impl CheckName {
@@ -572,8 +578,12 @@ pub struct PlanStep {
     /// The matrix row of this hop.
     pub distribution_version: String,
     pub kubernetes_version: String,
-    /// Image (VM template) name the new machine templates use.
+    /// Image (VM template) name the new machine templates use (empty for a KubeOvn step).
     pub os_image: String,
+    /// A KubeOvn step: the chart version the Cluster annotation `cpaas.io/kube-ovn-version`
+    /// is set to (the row's `kubeOvnChart`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kube_ovn_chart: Option<String>,
     /// MachineDeployments moved by a Workers step.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pools: Vec<String>,
@@ -590,9 +600,25 @@ pub struct PlanStep {
     pub message: Option<String>,
 }
 
+impl PlanStep {
+    /// `ControlPlane to Kubernetes v1.33.7-4`, `KubeOvn to chart v4.3.11 (before Kubernetes
+    /// v1.34.5-3)`, for messages.
+    pub fn describe(&self) -> String {
+        match (&self.kind, &self.kube_ovn_chart) {
+            (PlanStepKind::KubeOvn, Some(chart)) => format!(
+                "KubeOvn to chart {chart} (before Kubernetes {})",
+                self.kubernetes_version
+            ),
+            (kind, _) => format!("{kind:?} to Kubernetes {}", self.kubernetes_version),
+        }
+    }
+}
+
 /// What a step moves.
 #[derive(schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PlanStepKind {
+    /// Kube-OVN to the hop's chart before its control plane (Kube-OVN clusters only).
+    KubeOvn,
     ControlPlane,
     Workers,
 }

@@ -72,19 +72,12 @@ pub async fn remove_finalizer(api: &Api<UpgradeRequest>, ur: &UpgradeRequest) ->
 /// Records on the Cluster (annotation [`LEFT_AT_ANNOTATION`], server-side apply) where a
 /// deleted request left it.
 pub async fn record_left_at(client: &Client, cluster: &Cluster, note: &str) -> Result<(), Error> {
-    let ns = cluster.metadata.namespace.clone().unwrap_or_default();
-    let name = cluster.metadata.name.clone().unwrap_or_default();
-    let obj = json!({
-        "apiVersion": cluster.api_version, "kind": cluster.kind,
-        "metadata": {"name": name, "namespace": ns, "annotations": {LEFT_AT_ANNOTATION: note}},
-    });
-    super::apply(
+    super::annotate_cluster(
         client,
-        &ns,
-        &cluster.api_version,
-        &cluster.kind,
-        &name,
-        &obj,
+        crate::FIELD_MANAGER,
+        cluster,
+        LEFT_AT_ANNOTATION,
+        note,
     )
     .await
 }

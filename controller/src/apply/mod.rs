@@ -5,6 +5,7 @@
 //! deleted ([`finalizer`]). A problem only a person can fix comes back as [`Error::Stall`].
 
 pub mod finalizer;
+pub mod kube_ovn;
 mod templates;
 
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
@@ -18,6 +19,7 @@ use crate::capi;
 use crate::decide::{Write, handoff};
 use crate::error::{Error, Stall, StallReason};
 use crate::observe::Observed;
+use crate::observe::inputs::Sources;
 use crate::platform::CvshConfig;
 use crate::version::KubeVersion;
 
@@ -31,15 +33,54 @@ pub(crate) async fn apply<T: Serialize + std::fmt::Debug>(
     name: &str,
     obj: &T,
 ) -> Result<(), Error> {
+    apply_as(client, FIELD_MANAGER, ns, api_version, kind, name, obj).await
+}
+
+/// [`apply`] under field manager `manager`.
+pub(crate) async fn apply_as<T: Serialize + std::fmt::Debug>(
+    client: &Client,
+    manager: &str,
+    ns: &str,
+    api_version: &str,
+    kind: &str,
+    name: &str,
+    obj: &T,
+) -> Result<(), Error> {
     let ar = capi::api_resource(api_version, kind);
     let api = Api::<DynamicObject>::namespaced_with(client.clone(), ns, &ar);
     api.patch(
         name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
+        &PatchParams::apply(manager).force(),
         &Patch::Apply(obj),
     )
     .await?;
     Ok(())
+}
+
+/// Sets annotation `key` of `cluster` to `value` by server-side apply under `manager`.
+pub(crate) async fn annotate_cluster(
+    client: &Client,
+    manager: &str,
+    cluster: &capi::Cluster,
+    key: &str,
+    value: &str,
+) -> Result<(), Error> {
+    let ns = cluster.metadata.namespace.clone().unwrap_or_default();
+    let name = capi::name(&cluster.metadata).to_string();
+    let obj = serde_json::json!({
+        "apiVersion": cluster.api_version, "kind": cluster.kind,
+        "metadata": {"name": name, "namespace": ns, "annotations": {key: value}},
+    });
+    apply_as(
+        client,
+        manager,
+        &ns,
+        &cluster.api_version,
+        &cluster.kind,
+        &name,
+        &obj,
+    )
+    .await
 }
 
 /// What [`execute`] did.
@@ -53,13 +94,13 @@ pub struct Applied {
 
 /// Carries out `write`.
 pub async fn execute(
-    client: &Client,
-    cvsh: &CvshConfig,
+    sources: &Sources,
     ur: &UpgradeRequest,
     status: &UpgradeRequestStatus,
     obs: &Observed,
     write: &Write,
 ) -> Result<Applied, Error> {
+    let (client, cvsh) = (&sources.client, &sources.cvsh);
     match write {
         Write::RequestExtensions { version, write } => {
             if *write {
@@ -75,7 +116,12 @@ pub async fn execute(
                 handed_off: Vec::new(),
             })
         }
-        Write::Start { index, pools } => start_step(client, ur, status, obs, *index, pools).await,
+        Write::Start { index, pools } => {
+            if status.plan.get(*index).map(|s| s.kind) == Some(PlanStepKind::KubeOvn) {
+                return kube_ovn::start(sources, ur, status, obs, *index).await;
+            }
+            start_step(client, ur, status, obs, *index, pools).await
+        }
     }
 }
 
@@ -141,6 +187,8 @@ async fn start_step(
         .unwrap_or((1, 0));
     let owner = capi::owner_reference(cluster);
     match step.kind {
+        // [`execute`] hands KubeOvn steps to [`kube_ovn::start`]; nothing is written here.
+        PlanStepKind::KubeOvn => Ok(applied),
         PlanStepKind::ControlPlane => {
             let Some(source) = kcp.infrastructure_ref() else {
                 return Err(Stall::new(

@@ -8,6 +8,7 @@
 
 pub mod gate;
 pub mod handoff;
+pub mod kube_ovn;
 mod phase_one;
 pub mod plan;
 mod steps;
@@ -217,17 +218,20 @@ fn plan_error_reason(e: &plan::PlanError) -> StallReason {
         MissingRow { .. } => StallReason::MissingMatrixRow,
         PoolNewerThanControlPlane { .. } | PoolTooFarBehind { .. } => StallReason::VersionSkew,
         NoRowForControlPlaneVersion { .. } => StallReason::MissingMatrixRow,
+        MissingKubeOvnChart { .. } => StallReason::InvalidMatrix,
     }
 }
 
-/// Plans from the declared versions, as status steps.
+/// Plans from the declared versions (and, for a Kube-OVN cluster, the chart its Cluster
+/// annotation asks for).
 fn fresh_plan(
     spec: &UpgradeRequestSpec,
     matrix: &OSSupportMatrix,
     key: ImageKey,
     current: &CurrentVersions,
+    obs: &Observed,
 ) -> Result<plan::Plan, Stall> {
-    plan::plan(
+    let hops = plan::plan(
         PlanInput {
             rows: &matrix.spec.rows,
             target: &spec.target_version,
@@ -236,7 +240,21 @@ fn fresh_plan(
         },
         current,
     )
-    .map_err(|e| Stall::new(plan_error_reason(&e), e.to_string()))
+    .map_err(|e| Stall::new(plan_error_reason(&e), e.to_string()))?;
+    with_network(hops, obs)
+}
+
+/// `hops` with the Kube-OVN steps the cluster's network needs (DOMAIN.md §3).
+pub fn with_network(hops: plan::Plan, obs: &Observed) -> Result<plan::Plan, Stall> {
+    match &obs.network {
+        kube_ovn::Network::Other => Ok(hops),
+        kube_ovn::Network::Unknown(why) => Err(Stall::new(StallReason::NetworkUnknown, why)),
+        kube_ovn::Network::KubeOvn => {
+            let annotation = obs.cluster.as_ref().and_then(kube_ovn::annotated_chart);
+            kube_ovn::with_kube_ovn(hops, annotation)
+                .map_err(|e| Stall::new(plan_error_reason(&e), e.to_string()))
+        }
+    }
 }
 
 /// Status steps for a plan, all Pending.
@@ -247,12 +265,14 @@ pub fn plan_steps(p: &plan::Plan) -> Vec<PlanStep> {
         .map(|(i, s)| PlanStep {
             index: i as u32,
             kind: match s.kind {
+                StepKind::KubeOvn => PlanStepKind::KubeOvn,
                 StepKind::ControlPlane => PlanStepKind::ControlPlane,
                 StepKind::Workers => PlanStepKind::Workers,
             },
             distribution_version: s.row.distribution_version.clone(),
             kubernetes_version: s.row.kubernetes_version.clone(),
             os_image: s.os_image.clone(),
+            kube_ovn_chart: s.kube_ovn_chart.clone(),
             pools: s.pools.clone(),
             state: StepState::Pending,
             started_at: None,
@@ -270,6 +290,7 @@ fn same_step(a: &PlanStep, b: &PlanStep) -> bool {
         && a.kubernetes_version == b.kubernetes_version
         && a.os_image == b.os_image
         && a.pools == b.pools
+        && a.kube_ovn_chart == b.kube_ovn_chart
 }
 
 /// Whether the plan is fixed: the platform was asked for the target (or found at it). Before
@@ -425,7 +446,7 @@ pub fn decide(
     // Until the platform is asked for the target, the plan follows the cluster and the spec
     // (a request held by another one re-plans from wherever that one left the cluster).
     if !plan_frozen(status) {
-        let p = match fresh_plan(spec, matrix, key, &current) {
+        let p = match fresh_plan(spec, matrix, key, &current, obs) {
             Ok(p) => p,
             Err(s) => return Decision::Stall(s),
         };
@@ -493,8 +514,10 @@ pub fn preflight_scope(status: &UpgradeRequestStatus) -> Option<Scope> {
         .iter()
         .position(|s| s.state != StepState::Succeeded)?;
     let step = &status.plan[index];
-    (step.kind == PlanStepKind::ControlPlane
-        && matches!(step.state, StepState::Pending | StepState::Failed))
+    (matches!(
+        step.kind,
+        PlanStepKind::KubeOvn | PlanStepKind::ControlPlane
+    ) && matches!(step.state, StepState::Pending | StepState::Failed))
     .then_some(Scope::Hop(index))
 }
 
@@ -701,12 +724,7 @@ pub fn pass(
                 step.state = StepState::Succeeded;
                 step.finished_at = Some(Time(now));
                 step.message = None;
-                let msg = format!(
-                    "step {}: {:?} to Kubernetes {} finished",
-                    index + 1,
-                    step.kind,
-                    step.kubernetes_version
-                );
+                let msg = format!("step {}: {} finished", index + 1, step.describe());
                 status::push_history(&mut status, now, msg);
             }
             Decision::Wait {
@@ -796,6 +814,8 @@ mod tests {
             applied_by: None,
             machine_pools: vec![],
             cvsh_refused: None,
+            network: Default::default(),
+            kube_ovn_release: None,
         }
     }
 
@@ -1491,6 +1511,165 @@ mod tests {
                 .contains(r#"spec.version is "v1.34.2", the step needs "v1.33.7""#),
             "{}",
             s.message
+        );
+    }
+
+    /// A Kube-OVN cluster whose Cluster annotation asks for `annotation`, with the charts of
+    /// the sample matrix's 4.1.0 and 4.2.0 rows.
+    fn kube_ovn_obs(annotation: &str) -> Observed {
+        let mut o = obs("v1.32.7", "v1.32.7", true);
+        o.network = kube_ovn::Network::KubeOvn;
+        let matrix = o.matrix.as_mut().unwrap();
+        matrix.spec.rows[0].kube_ovn_chart = Some("v4.1.4".into());
+        matrix.spec.rows[1].kube_ovn_chart = Some("v4.2.6".into());
+        o.cluster = Some(typed(
+            json!({"apiVersion": "cluster.x-k8s.io/v1beta1", "kind": "Cluster",
+            "metadata": {"name": "c", "annotations": {"cpaas.io/kube-ovn-version": annotation}}}),
+        ));
+        o
+    }
+
+    fn kube_ovn_release(target: &str, installed: &str, phase: &str, health: &str) -> Value {
+        json!({
+            "metadata": {"name": "cni-kube-ovn", "namespace": "cpaas-system"},
+            "spec": {"source": {"charts": [{"name": "acp/chart-cpaas-kube-ovn", "targetRevision": target}]}},
+            "status": {"charts": {"acp/chart-cpaas-kube-ovn": {"installedRevision": installed, "phase": phase}},
+                "conditions": [{"type": "Sync", "status": "True"},
+                    {"type": "Health", "status": health, "message": "kube-ovn-cni 2/3 ready"}]},
+        })
+    }
+
+    #[test]
+    fn a_kube_ovn_cluster_moves_its_chart_before_the_control_plane_others_do_not() {
+        let kinds = |st: &UpgradeRequestStatus| st.plan.iter().map(|s| s.kind).collect::<Vec<_>>();
+        let plain = planned(&obs("v1.32.7", "v1.32.7", true), 1);
+        assert_eq!(
+            kinds(&plain),
+            [PlanStepKind::ControlPlane, PlanStepKind::Workers],
+            "a cluster that is not Kube-OVN keeps its plan"
+        );
+        let o = kube_ovn_obs("v4.1.4");
+        let st = planned(&o, 1);
+        assert_eq!(
+            kinds(&st),
+            [
+                PlanStepKind::KubeOvn,
+                PlanStepKind::ControlPlane,
+                PlanStepKind::Workers
+            ]
+        );
+        assert_eq!(st.plan[0].kube_ovn_chart.as_deref(), Some("v4.2.6"));
+        assert_eq!(
+            preflight_scope(&st),
+            Some(Scope::Hop(0)),
+            "the hop's preflight comes first"
+        );
+        assert_eq!(
+            decide(&spec(false), &st, &o, Timestamp::UNIX_EPOCH),
+            Decision::Start {
+                index: 0,
+                pools: vec![]
+            }
+        );
+        // Already at the hop's chart: no KubeOvn step.
+        assert_eq!(
+            kinds(&planned(&kube_ovn_obs("v4.2.6"), 1)),
+            [PlanStepKind::ControlPlane, PlanStepKind::Workers]
+        );
+        // A network that cannot be told stops the request instead of guessing.
+        let mut unknown = o.clone();
+        unknown.network = kube_ovn::Network::Unknown("DCSCluster ns/c does not exist".into());
+        let Decision::Stall(s) = decide(
+            &spec(false),
+            &UpgradeRequestStatus::default(),
+            &unknown,
+            Timestamp::UNIX_EPOCH,
+        ) else {
+            panic!("expected a stall");
+        };
+        assert_eq!(
+            (s.reason.as_str(), s.message.as_str()),
+            ("NetworkUnknown", "DCSCluster ns/c does not exist")
+        );
+    }
+
+    #[test]
+    fn the_kube_ovn_step_waits_for_success_and_stops_on_a_failed_apprelease() {
+        let start = Timestamp::UNIX_EPOCH;
+        let mut st = planned(&kube_ovn_obs("v4.1.4"), 1);
+        st.plan[0].state = StepState::InProgress;
+        st.plan[0].started_at = Some(Time(start));
+        let mut o = kube_ovn_obs("v4.2.6");
+        let at = |o: &Observed| decide(&spec(false), &st, o, start);
+        // installedRevision moved, but the chart is still health checking.
+        o.kube_ovn_release = Some(Ok(Some(kube_ovn_release(
+            "v4.2.6",
+            "v4.2.6",
+            "HealthChecking",
+            "False",
+        ))));
+        let Decision::Wait { waiting_for, .. } = at(&o) else {
+            panic!("expected a wait, got {:?}", at(&o));
+        };
+        assert!(
+            waiting_for.iter().any(|w| w.contains("HealthChecking")),
+            "{waiting_for:?}"
+        );
+        o.kube_ovn_release = Some(Ok(Some(kube_ovn_release(
+            "v4.2.6", "v4.2.6", "Success", "True",
+        ))));
+        assert_eq!(at(&o), Decision::StepDone { index: 0 });
+        o.kube_ovn_release = Some(Ok(Some(kube_ovn_release(
+            "v4.2.6",
+            "v4.1.4",
+            "DeployFailed",
+            "False",
+        ))));
+        let Decision::Stall(s) = at(&o) else {
+            panic!("expected a stall");
+        };
+        assert_eq!(s.reason, "KubeOvnFailed");
+        assert!(
+            s.message.contains("DeployFailed") && s.message.contains("kube-ovn-cni 2/3 ready"),
+            "{}",
+            s.message
+        );
+        // The annotation moved by someone else while the step runs.
+        let other = kube_ovn_obs("v4.1.5");
+        let Decision::Stall(s) = at(&other) else {
+            panic!("expected a stall");
+        };
+        assert_eq!(s.reason, "ClusterChangedOutside");
+        // Done: the control plane's step is next, after its own preflight, and the plan made
+        // from the moved annotation is still the rest of it.
+        st.plan[0].state = StepState::Succeeded;
+        assert_eq!(preflight_scope(&st), Some(Scope::Hop(1)));
+        st.preflight = Some(preflight_status(Scope::Hop(1), None));
+        assert_eq!(
+            decide(&spec(false), &st, &kube_ovn_obs("v4.2.6"), start),
+            Decision::Start {
+                index: 1,
+                pools: vec![]
+            }
+        );
+    }
+
+    #[test]
+    fn a_kube_ovn_write_that_landed_before_a_restart_is_taken_up_again() {
+        // The annotation is at the chart but status still says Pending: the step starts
+        // again (the write is idempotent) instead of calling it a change from outside.
+        let st = planned(&kube_ovn_obs("v4.1.4"), 1);
+        assert_eq!(
+            decide(
+                &spec(false),
+                &st,
+                &kube_ovn_obs("v4.2.6"),
+                Timestamp::UNIX_EPOCH
+            ),
+            Decision::Start {
+                index: 0,
+                pools: vec![]
+            }
         );
     }
 }

@@ -49,6 +49,9 @@ pub struct PlanInput<'a> {
 /// Whether a step moves the control plane or node pools.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StepKind {
+    /// Kube-OVN to the row's chart, before the hop's control plane (inserted by
+    /// [`super::kube_ovn::with_kube_ovn`] for Kube-OVN clusters only).
+    KubeOvn,
     ControlPlane,
     Workers,
 }
@@ -62,6 +65,8 @@ pub struct Step {
     pub os_image: String,
     /// Pools (MachineDeployment names, sorted) moved by a Workers step; empty for ControlPlane.
     pub pools: Vec<String>,
+    /// A KubeOvn step's chart (the row's `kubeOvnChart`).
+    pub kube_ovn_chart: Option<String>,
 }
 
 /// The ordered steps and the row they lead to.
@@ -122,6 +127,10 @@ pub enum PlanError {
         pools: String,
         control_plane: String,
     },
+    #[error(
+        "the cluster's network is Kube-OVN, which moves to each hop's chart before its control plane, but matrix row {row} has no kubeOvnChart; add the row's Kube-OVN chart version from the OS Support Matrix"
+    )]
+    MissingKubeOvnChart { row: String },
 }
 
 struct Row<'a> {
@@ -277,6 +286,7 @@ pub fn plan(input: PlanInput<'_>, current: &CurrentVersions) -> Result<Plan, Pla
                 row: row.row.clone(),
                 os_image: os_image.clone(),
                 pools: Vec::new(),
+                kube_ovn_chart: None,
             });
         }
         let movers: Vec<String> = pools
@@ -301,6 +311,7 @@ pub fn plan(input: PlanInput<'_>, current: &CurrentVersions) -> Result<Plan, Pla
                 row: row.row.clone(),
                 os_image,
                 pools: movers,
+                kube_ovn_chart: None,
             });
         }
     }
@@ -315,6 +326,7 @@ pub fn plan(input: PlanInput<'_>, current: &CurrentVersions) -> Result<Plan, Pla
 pub fn apply_step(current: &CurrentVersions, step: &Step) -> CurrentVersions {
     let mut next = current.clone();
     match step.kind {
+        StepKind::KubeOvn => {}
         StepKind::ControlPlane => next.control_plane = step.row.kubernetes_version.clone(),
         StepKind::Workers => {
             for p in &mut next.pools {

@@ -73,7 +73,7 @@ pub(super) fn pending_step(
     // what it declares gives the rest of the plan (or, when this step's writes already landed
     // before a restart, the rest after it).
     let remaining = &status.plan[index..];
-    let fresh = match fresh_plan(spec, matrix, key, current) {
+    let fresh = match fresh_plan(spec, matrix, key, current, obs) {
         Ok(p) => plan_steps(&p),
         Err(s) => return Decision::Stall(s),
     };
@@ -112,7 +112,11 @@ pub(super) fn pending_step(
         );
     }
     // Each hop starts with a fresh preflight (health, capacity, images).
-    if step.kind == PlanStepKind::ControlPlane && !landed {
+    if matches!(
+        step.kind,
+        PlanStepKind::KubeOvn | PlanStepKind::ControlPlane
+    ) && !landed
+    {
         let scope = Scope::Hop(index);
         match &status.preflight {
             Some(pf) if pf.scope == scope.label() => {
@@ -148,18 +152,13 @@ pub(super) fn pending_step(
     // A step starts only inside a maintenance window; one whose writes already landed is
     // under way.
     if !landed {
-        let what = format!(
-            "step {} ({:?} to Kubernetes {})",
-            index + 1,
-            step.kind,
-            step.kubernetes_version
-        );
+        let what = format!("step {} ({})", index + 1, step.describe());
         if let Some(c) = super::window_closed(spec, now, what) {
             return Decision::OutsideWindow(c);
         }
     }
     let pools = match step.kind {
-        PlanStepKind::ControlPlane => Vec::new(),
+        PlanStepKind::KubeOvn | PlanStepKind::ControlPlane => Vec::new(),
         PlanStepKind::Workers => step
             .pools
             .iter()
@@ -183,6 +182,7 @@ fn surge_refused(
     }
     let mut refused = Vec::new();
     match step.kind {
+        PlanStepKind::KubeOvn => {}
         PlanStepKind::ControlPlane => {
             let s = capi::surge(kcp.replicas(), kcp.strategy());
             if s > 0 {
@@ -397,6 +397,23 @@ fn outside_details(
     out
 }
 
+/// A running KubeOvn step: the chart's AppRelease, not a rollout.
+fn kube_ovn_step(
+    spec: &UpgradeRequestSpec,
+    status: &UpgradeRequestStatus,
+    obs: &Observed,
+    index: usize,
+    now: Timestamp,
+) -> Decision {
+    match &obs.cluster {
+        Some(cluster) => super::kube_ovn::in_progress(spec, status, obs, cluster, index, now),
+        None => stall(
+            StallReason::ClusterNotFound,
+            "the Cluster disappeared while its Kube-OVN chart moves",
+        ),
+    }
+}
+
 /// Step `index` is running: finished, past its timeout, changed behind its back, or more
 /// pools to start.
 pub(super) fn in_progress_step(
@@ -408,6 +425,9 @@ pub(super) fn in_progress_step(
     now: Timestamp,
 ) -> Decision {
     let step = &status.plan[index];
+    if step.kind == PlanStepKind::KubeOvn {
+        return kube_ovn_step(spec, status, obs, index, now);
+    }
     let number = index + 1;
     let version = step.kubernetes_version.as_str();
     // Handoff: the step runs once Git declares what it asked for; until then there is no
@@ -474,6 +494,7 @@ pub(super) fn in_progress_step(
         }
     }
     let (pending, timeout) = match step.kind {
+        PlanStepKind::KubeOvn => return kube_ovn_step(spec, status, obs, index, now),
         PlanStepKind::ControlPlane => (
             control_plane_pending(obs, kcp, version),
             spec.timeouts.control_plane.get().unwrap_or(MAX_TIMEOUT),

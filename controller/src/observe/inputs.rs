@@ -119,6 +119,8 @@ pub struct Sources {
     pub gitops: GitOpsConfig,
     /// The one namespace the controller is limited to (`--namespace`), if any.
     pub watch_namespace: Option<String>,
+    /// Where the Kube-OVN AppRelease lives on the clusters being upgraded.
+    pub kube_ovn_namespace: String,
 }
 
 pub(crate) fn not_found(e: &kube::Error) -> bool {
@@ -441,6 +443,17 @@ impl Sources {
             .cvsh
             .is_global(&ns, cluster_name)
             .then(|| self.workloads(&key));
+        let platform_provider = obs
+            .kcp
+            .as_ref()
+            .and_then(|k| k.infrastructure_ref())
+            .and_then(|r| providers::for_template_kind(&r.kind).ok())
+            .is_some_and(|p| p.platform_facts().is_some());
+        let provider_releases = if platform_provider {
+            self.provider_releases().await
+        } else {
+            Ok(Vec::new())
+        };
 
         Ok(PreflightObs {
             scope,
@@ -452,6 +465,7 @@ impl Sources {
             images,
             gitops,
             global_self,
+            provider_releases,
         })
     }
 

@@ -6,6 +6,7 @@
 
 pub mod cache;
 pub mod inputs;
+pub mod network;
 pub mod workload;
 
 use std::collections::BTreeMap;
@@ -17,6 +18,7 @@ use serde_json::Value;
 
 use crate::api::{OSSupportMatrix, StepState, UpgradeRequest};
 use crate::capi::{self, Cluster, KubeadmControlPlane, Machine, MachineDeployment, MachinePool};
+use crate::decide::kube_ovn::Network;
 use crate::platform::{CvshConfig, Unmapped};
 use crate::preflight::PreflightObs;
 
@@ -45,6 +47,11 @@ pub struct Observed {
     pub machine_pools: Vec<String>,
     /// Why the Cluster maps to no ClusterVersionShadow it may move, when it does not.
     pub cvsh_refused: Option<Unmapped>,
+    /// Whether the cluster's network is Kube-OVN ([`network`]).
+    pub network: Network,
+    /// The workload cluster's Kube-OVN AppRelease, read while a KubeOvn step is the next one
+    /// (`None`: not read in this pass; `Ok(None)`: it does not exist).
+    pub kube_ovn_release: Option<Result<Option<Value>, String>>,
 }
 
 fn label_cluster(
@@ -298,7 +305,9 @@ pub async fn snapshot(
             api.get_opt(&name).await?.into_iter().collect(),
         );
     }
-    Ok(caches.observe(ur, cvsh))
+    let mut obs = caches.observe(ur, cvsh);
+    obs.network = network::network(client, &obs).await?;
+    Ok(obs)
 }
 
 /// Fills `cache` with exactly `objects`, as a completed list would.

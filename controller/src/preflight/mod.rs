@@ -8,6 +8,7 @@ pub mod gitops;
 mod health;
 mod images;
 mod platform;
+mod provider;
 mod requests;
 pub mod review;
 mod versions;
@@ -114,6 +115,9 @@ pub struct PreflightObs {
     pub images: Vec<ImageObs>,
     /// The Git-managed KubeadmControlPlane and MachineDeployments, with their tools' rules.
     pub gitops: Vec<gitops::GitOpsObs>,
+    /// The management cluster's AppReleases in the platform namespace (empty when the
+    /// provider is not installed by the platform), or why they could not be listed.
+    pub provider_releases: Result<Vec<Value>, String>,
     /// For the global cluster's own request: the workload clusters it must not leave behind.
     pub global_self: Option<Workloads>,
 }
@@ -193,6 +197,7 @@ pub fn checks_for(scope: Scope) -> &'static [CheckName] {
             OSImagesStaged,
             SingleActiveRequest,
             PlatformPreflight,
+            ProviderReady,
             GitOpsSafe,
         ],
         Scope::Hop(_) => &[
@@ -204,6 +209,7 @@ pub fn checks_for(scope: Scope) -> &'static [CheckName] {
             IPPoolCapacity,
             OSImagesStaged,
             SingleActiveRequest,
+            ProviderReady,
             GitOpsSafe,
         ],
     }
@@ -273,6 +279,7 @@ fn run(name: CheckName, i: &Input<'_>) -> PreflightCheck {
         OSImagesStaged => images::images(i),
         SingleActiveRequest => requests::single_request(i),
         PlatformPreflight => platform::platform_preflight(i),
+        ProviderReady => provider::provider_ready(i),
         GitOpsSafe => gitops::gitops_safe(i),
     }
 }
@@ -281,6 +288,9 @@ fn run(name: CheckName, i: &Input<'_>) -> PreflightCheck {
 pub fn remaining_images(plan: &[PlanStep], from: usize) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     for s in plan.iter().skip(from) {
+        if s.kind == PlanStepKind::KubeOvn {
+            continue;
+        }
         if s.state != StepState::Succeeded && !out.contains(&s.os_image) {
             out.push(s.os_image.clone());
         }

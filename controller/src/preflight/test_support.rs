@@ -65,6 +65,7 @@ pub(crate) fn pobs() -> PreflightObs {
         images: vec![],
         gitops: vec![],
         global_self: None,
+        provider_releases: Ok(vec![]),
     }
 }
 

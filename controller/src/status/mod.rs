@@ -105,12 +105,7 @@ pub fn record_write(
                 step.state = StepState::InProgress;
                 step.started_at.get_or_insert(Time(now));
                 step.message = None;
-                let msg = format!(
-                    "step {}: {:?} to Kubernetes {} started",
-                    index + 1,
-                    step.kind,
-                    step.kubernetes_version
-                );
+                let msg = format!("step {}: {} started", index + 1, step.describe());
                 push_history(status, now, msg);
             }
             if !handed_off.is_empty() {
@@ -197,10 +192,9 @@ pub fn summarize(
             .find(|s| s.state != StepState::Succeeded)
             .map(|s| {
                 format!(
-                    "step {}/{total}: {:?} to Kubernetes {} ({})",
+                    "step {}/{total}: {} ({})",
                     s.index + 1,
-                    s.kind,
-                    s.kubernetes_version,
+                    s.describe(),
                     s.distribution_version
                 )
             })

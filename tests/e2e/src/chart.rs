@@ -36,6 +36,7 @@ impl Release {
                 format!("watchNamespace={}", site.ns),
                 format!("cvsh.namespace={}", site.platform.namespace),
                 "cvsh.mapping=namespaced-name".to_string(),
+                format!("kubeOvn.namespace={}", site.platform.namespace),
             ],
         );
         let kinds = docs

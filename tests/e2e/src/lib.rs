@@ -18,6 +18,7 @@ pub mod flux;
 pub mod gitops;
 pub mod guard;
 pub mod harness;
+pub mod kube_ovn;
 pub mod platform;
 pub mod project;
 pub mod site;

@@ -18,7 +18,7 @@ pub fn repo_root() -> PathBuf {
 }
 
 /// Installs (idempotently) the project's CRDs from config/crd, the test copies of the
-/// platform's CRDs (ClusterVersionShadow, ResourcePatch) from tests/e2e/manifests/platform, and
+/// platform's CRDs (ClusterVersionShadow, ResourcePatch, AppRelease) from tests/e2e/manifests/platform, and
 /// the sample matrix `default`.
 pub async fn install(client: &kube::Client) {
     install_crds(client, &repo_root().join("config/crd"), false)

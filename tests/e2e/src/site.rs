@@ -5,13 +5,15 @@
 
 use std::time::{Duration, Instant};
 
-use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use upgrade_controller::api::{CheckName, CheckState, Phase, StepState, UpgradeRequest};
+use upgrade_controller::version::ReleaseVersion;
 
 use crate::capi::{self, INFRA_V1BETA1};
 use crate::dcs::{self, StaticDcsCluster};
 use crate::harness::{self, TestNamespace};
+use crate::kube_ovn::{self, StandInKubeOvn};
 use crate::platform::Platform;
 use crate::project::{self, Controller};
 
@@ -26,6 +28,12 @@ pub struct Row {
     pub k8s: &'static str,
     pub coredns: &'static str,
     pub etcd: &'static str,
+    /// The row's Kube-OVN chart: what the cluster runs, and its Cluster annotation says.
+    pub kube_ovn_chart: &'static str,
+    /// The DCS provider installed on the management cluster for a cluster of this row: one
+    /// that pairs with the next hop's images (DOMAIN.md §1: ACP ≥ 4.3.2 images with provider
+    /// ≥ v1.0.21 and the reverse).
+    pub dcs_provider: &'static str,
 }
 
 pub const ROW_4_2_5: Row = Row {
@@ -33,12 +41,19 @@ pub const ROW_4_2_5: Row = Row {
     k8s: "v1.33.7-4",
     coredns: "1.14.3-v4.2.11",
     etcd: "v3.5.28-260421",
+    kube_ovn_chart: "v4.2.33",
+    // Full source: the next hop (4.3.2) is moved by the Cluster annotation alone.
+    dcs_provider: "v1.0.22",
 };
 pub const ROW_4_1_6: Row = Row {
     dv: "4.1.6",
     k8s: "v1.32.11-2",
     coredns: "1.12.4-v4.1.5",
     etcd: "v3.5.25-251215",
+    kube_ovn_chart: "v4.1.32",
+    // Legacy: the next hop's images (4.2.5) need a provider below v1.0.21, whose Kube-OVN
+    // AppRelease also gets its targetRevision patched by upgrade-controller.
+    dcs_provider: "v1.0.20",
 };
 
 /// One test's world: a static DCS cluster, its own matrix (with DCS image names unique to the
@@ -53,6 +68,9 @@ pub struct Site {
     pub ns: TestNamespace,
     pub cluster: StaticDcsCluster,
     pub platform: Platform,
+    /// The static cluster is Kube-OVN (fixture `static-dcs/dcs-cluster.yaml`): the platform's
+    /// side of its `cni-kube-ovn` AppRelease, in the platform namespace.
+    pub kube_ovn: StandInKubeOvn,
 }
 
 impl Site {
@@ -100,15 +118,44 @@ impl Site {
         };
         let platform = Platform::start(&client, &ns, name, from.dv, global).await;
         ns.delete_with(&platform.namespace);
+        // The management cluster's DCS provider, and the workload cluster's Kube-OVN.
+        kube_ovn::create_with_status(
+            &client,
+            &platform.namespace,
+            kube_ovn::provider_release(&platform.namespace, from.dcs_provider),
+        )
+        .await;
+        let legacy = ReleaseVersion::parse(from.dcs_provider).unwrap()
+            < ReleaseVersion::parse("v1.0.22").unwrap();
+        let kube_ovn = StandInKubeOvn::start(
+            &client,
+            &ns,
+            name,
+            &platform.namespace,
+            from.kube_ovn_chart,
+            legacy,
+        )
+        .await;
         let mut site = Site {
             controller: None,
             client,
             ns,
             cluster,
             platform,
+            kube_ovn,
         };
         tweak(&mut site);
         site.cluster.create(&site.client).await.unwrap();
+        // The chart the cluster was installed with, as the provider records it.
+        capi::api(&site.client, &site.ns, capi::CLUSTER_V1BETA1, "Cluster")
+            .patch(
+                &site.cluster.name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"annotations": {
+                    upgrade_controller::decide::kube_ovn::VERSION_ANNOTATION: from.kube_ovn_chart}}})),
+            )
+            .await
+            .unwrap();
         site
     }
 
@@ -123,10 +170,14 @@ impl Site {
     }
 
     pub fn start_controller(&mut self) {
-        self.controller = Some(Controller::start_with(
-            &self.ns,
-            &self.platform.controller_args(),
-        ));
+        let mut args = self.platform.controller_args();
+        // The workload cluster is the test control plane: its Kube-OVN AppRelease lives in
+        // this test's platform namespace, not in the shared cpaas-system.
+        args.extend([
+            "--kube-ovn-namespace".into(),
+            self.platform.namespace.clone(),
+        ]);
+        self.controller = Some(Controller::start_with(&self.ns, &args));
     }
 
     /// A request for this cluster to 4.3 from this test's matrix. The ResourcePatches of the

@@ -221,7 +221,19 @@ async fn two_namespaces_with_a_cluster_named_prod_each_move_only_their_own_shado
         .create(&PostParams::default(), &ur)
         .await
         .unwrap();
-    let _controller_b = Controller::start_with(&ns_b, &a.platform.controller_args());
+    // B's cluster is Kube-OVN too: its AppRelease in B's namespace, with its own stand-in.
+    let _kube_ovn_b = e2e::kube_ovn::StandInKubeOvn::start(
+        &a.client,
+        &ns_b,
+        "prod",
+        &ns_b,
+        ROW_4_2_5.kube_ovn_chart,
+        false,
+    )
+    .await;
+    let mut args_b = a.platform.controller_args();
+    args_b.extend(["--kube-ovn-namespace".into(), ns_b.to_string()]);
+    let _controller_b = Controller::start_with(&ns_b, &args_b);
     a.request("up", json!({})).await;
     a.start_controller();
     a.assert_proceeds("up", "v1.34.5-3", "4.3.2").await;
@@ -341,10 +353,12 @@ async fn a_paused_cluster_is_waited_for_and_a_change_behind_the_controller_stall
         .await
         .unwrap();
     site.assert_proceeds("up", "v1.34.5-3", "4.3.2").await;
-    site.wait("up", "step 1 in progress", |ur| {
+    // The control-plane step (after the Kube-OVN step: the static cluster is Kube-OVN).
+    site.wait("up", "the control-plane step in progress", |ur| {
         ur.status.as_ref().is_some_and(|s| {
             s.plan
-                .first()
+                .iter()
+                .find(|st| st.kind == upgrade_controller::api::PlanStepKind::ControlPlane)
                 .is_some_and(|st| st.state == upgrade_controller::api::StepState::InProgress)
         })
     })

@@ -3,7 +3,8 @@
 //! object, no ClusterVersionShadow), and fixing the cause alone lets it proceed; the two-step
 //! review waits visibly until spec.acknowledgements covers it; Phase 1 runs through the
 //! stand-in Cluster Version Operator and finishes before the first KubeadmControlPlane write;
-//! a stalled CVO stalls the request with its reason.
+//! a stalled CVO stalls the request with its reason; the infrastructure provider must be
+//! installed at its requested revision (ProviderReady).
 //!
 //! The workload clusters are static DCS clusters (tests/e2e/src/dcs.rs): real CAPI objects,
 //! validated by CAPI's webhooks, paused so CAPI's controllers leave them to the test, which
@@ -566,5 +567,47 @@ async fn the_helm_chart_runs_the_controller_with_only_the_rights_it_grants() {
         "the controller hit an RBAC denial:\n{log}"
     );
     release.delete(&site.client).await;
+    site.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_provider_not_at_its_requested_revision_blocks_until_installed() {
+    let mut site = Site::new("pf-provider", &ROW_4_2_5, "4.3.2", |_| {}).await;
+    site.stage("4.3.2").await;
+    // The platform is halfway through upgrading the DCS provider.
+    let ns = site.platform.namespace.clone();
+    let provider = "cluster-api-provider-dcs";
+    let requested = e2e::kube_ovn::release(
+        provider,
+        &ns,
+        "ait/chart-cluster-api-provider-dcs",
+        "v1.0.23",
+        "v1.0.22",
+        "Upgrading",
+    );
+    e2e::kube_ovn::api(&site.client, &ns)
+        .patch(
+            provider,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": requested["spec"]})),
+        )
+        .await
+        .unwrap();
+    e2e::kube_ovn::set_status(&site.client, &ns, provider, requested["status"].clone()).await;
+    site.request("up", json!({})).await;
+    site.start_controller();
+    let message = site.blocked_by("up", CheckName::ProviderReady).await;
+    assert!(
+        message.contains("v1.0.23")
+            && message.contains("\"v1.0.22\"")
+            && message.contains("Upgrading")
+            && message.contains("finish or repair the provider upgrade"),
+        "{message}"
+    );
+    site.assert_untouched().await;
+    // The provider upgrade finishes.
+    let done = e2e::kube_ovn::provider_release(&ns, "v1.0.23");
+    e2e::kube_ovn::set_status(&site.client, &ns, provider, done["status"].clone()).await;
+    site.assert_proceeds("up", "v1.34.5-3", "4.3.2").await;
     site.finish().await;
 }
