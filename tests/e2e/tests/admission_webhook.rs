@@ -16,7 +16,7 @@ use e2e::project::{self, Controller};
 use e2e::testenv::apply_cluster_scoped;
 use e2e::{chart, harness};
 use kube::api::{Api, DeleteParams, DynamicObject, PostParams};
-use serde_json::json;
+use serde_json::{Value, json};
 
 use e2e::capi::dry_run_patch as try_patch;
 
@@ -231,7 +231,14 @@ fn the_chart_serves_the_webhook_with_its_own_or_a_given_certificate_and_can_leav
         String::from_utf8_lossy(&out.stderr)
     );
     let off = kinds(&["webhook.enabled=false"]);
-    for k in ["Secret", "Service", "ValidatingWebhookConfiguration"] {
+    for k in ["Secret", "ValidatingWebhookConfiguration"] {
         assert!(!off.contains(&k.to_string()), "{k} rendered: {off:?}");
     }
+    // Only the metrics Service is left.
+    let services: Vec<Value> = chart::render("r", "uc-system", &["webhook.enabled=false".into()])
+        .into_iter()
+        .filter(|d| d["kind"] == "Service")
+        .map(|d| d["metadata"]["name"].clone())
+        .collect();
+    assert_eq!(services, [json!("r-metrics")]);
 }
