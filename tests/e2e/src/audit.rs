@@ -13,6 +13,8 @@ pub const CONTROLLER_AGENT: &str = "upgrade-controller/";
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub verb: String,
+    /// The authenticated user (`system:serviceaccount:<ns>:<name>` for a ServiceAccount token).
+    pub user: String,
     pub user_agent: String,
     pub resource: String,
     pub subresource: String,
@@ -32,6 +34,7 @@ impl Entry {
         let r = &v["objectRef"];
         Some(Entry {
             verb: s(&v["verb"]),
+            user: s(&v["user"]["username"]),
             user_agent: s(&v["userAgent"]),
             resource: s(&r["resource"]),
             subresource: s(&r["subresource"]),

@@ -17,7 +17,7 @@ pub struct Release {
     pub kinds: Vec<String>,
     /// ClusterRole and ClusterRoleBinding.
     pub cluster_scoped: Vec<Value>,
-    /// ServiceAccount, Deployment, and the webhook's Secret and Service.
+    /// ServiceAccount, Deployment, the metrics Service, and the webhook's Secret and Service.
     pub namespaced: Vec<Value>,
     /// The version guard (ValidatingAdmissionPolicy and binding) and the webhook
     /// configuration: rendered, not applied here, since they would guard every suite's
@@ -150,9 +150,8 @@ impl Release {
     }
 }
 
-/// Renders the Helm chart with `helm template` for release `release` in `ns`.
-pub fn render(release: &str, ns: &str, set: &[String]) -> Vec<Value> {
-    use serde::Deserialize;
+/// The helm of the test control plane's build, run in the repository root.
+pub fn helm() -> std::process::Command {
     let helm = harness::env().helm();
     assert!(
         helm.exists(),
@@ -160,23 +159,30 @@ pub fn render(release: &str, ns: &str, set: &[String]) -> Vec<Value> {
         helm.display()
     );
     let mut cmd = std::process::Command::new(&helm);
+    cmd.current_dir(project::repo_root());
+    cmd
+}
+
+/// Renders the Helm chart with `helm template` for release `release` in `ns`.
+pub fn render(release: &str, ns: &str, set: &[String]) -> Vec<Value> {
+    let mut cmd = helm();
     cmd.args([
         "template",
         release,
         "charts/upgrade-controller",
         "--namespace",
         ns,
-    ])
-    .current_dir(project::repo_root());
+    ]);
     for s in set {
         cmd.args(["--set", s]);
     }
-    let out = cmd.output().expect("running helm template");
-    assert!(
-        out.status.success(),
-        "helm template failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    objects(&mut cmd, "helm template")
+}
+
+/// Runs `cmd` (a helm command printing manifests) and returns the objects it printed.
+fn objects(cmd: &mut std::process::Command, what: &str) -> Vec<Value> {
+    use serde::Deserialize;
+    let out = project::run_ok(cmd, what);
     let text = String::from_utf8(out.stdout).unwrap();
     serde_yaml_ng::Deserializer::from_str(&text)
         .map(|d| Value::deserialize(d).unwrap())
@@ -184,12 +190,24 @@ pub fn render(release: &str, ns: &str, set: &[String]) -> Vec<Value> {
         .collect()
 }
 
-/// A kubeconfig for the test control plane that authenticates as ServiceAccount `ns/name`.
-pub async fn service_account_kubeconfig(
-    client: &kube::Client,
-    ns: &str,
-    name: &str,
-) -> std::path::PathBuf {
+/// ValidatingWebhookConfigurations (cluster-scoped).
+pub fn webhook_configurations(client: &kube::Client) -> Api<DynamicObject> {
+    Api::all_with(
+        client.clone(),
+        &kube::core::ApiResource::from_gvk_with_plural(
+            &kube::core::GroupVersionKind::gvk(
+                "admissionregistration.k8s.io",
+                "v1",
+                "ValidatingWebhookConfiguration",
+            ),
+            "validatingwebhookconfigurations",
+        ),
+    )
+}
+
+/// A token for ServiceAccount `ns/name` (TokenRequest: one hour, the API server's audience),
+/// what the kubelet projects into a pod.
+pub async fn service_account_token(client: &kube::Client, ns: &str, name: &str) -> String {
     use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
     use k8s_openapi::api::core::v1::ServiceAccount;
     let tr = Api::<ServiceAccount>::namespaced(client.clone(), ns)
@@ -206,8 +224,17 @@ pub async fn service_account_kubeconfig(
             },
         )
         .await
-        .expect("a token for the chart's ServiceAccount");
-    let token = tr.status.expect("token status").token;
+        .unwrap_or_else(|e| panic!("a token for ServiceAccount {ns}/{name}: {e}"));
+    tr.status.expect("token status").token
+}
+
+/// A kubeconfig for the test control plane that authenticates as ServiceAccount `ns/name`.
+pub async fn service_account_kubeconfig(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+) -> std::path::PathBuf {
+    let token = service_account_token(client, ns, name).await;
     let admin = std::fs::read_to_string(&harness::env().kubeconfig).unwrap();
     let mut kc: Value = serde_yaml_ng::from_str(&admin).unwrap();
     for user in kc["users"].as_array_mut().unwrap() {
@@ -218,4 +245,72 @@ pub async fn service_account_kubeconfig(
         .with_file_name(format!("kubeconfig-{ns}-{name}"));
     std::fs::write(&path, serde_yaml_ng::to_string(&kc).unwrap()).unwrap();
     path
+}
+
+/// A release made by `helm install` of the chart on the test control plane; `helm uninstall`ed
+/// on drop (its ClusterRole and binding are cluster-scoped, so they would outlive the test's
+/// namespace).
+pub struct Installed {
+    pub name: String,
+    pub namespace: String,
+}
+
+impl Installed {
+    /// `helm install <name> charts/upgrade-controller -n <ns> --set ...` (the chart's CRDs from
+    /// `crds/` included), as an operator would run it. Fails the test with helm's output when
+    /// helm refuses the values or the API server refuses an object.
+    pub fn install(name: &str, ns: &str, set: &[String]) -> Self {
+        let mut cmd = helm();
+        cmd.args([
+            "install",
+            name,
+            "charts/upgrade-controller",
+            "--namespace",
+            ns,
+        ])
+        .arg("--kubeconfig")
+        .arg(&harness::env().kubeconfig);
+        for s in set {
+            cmd.args(["--set", s]);
+        }
+        project::run_ok(&mut cmd, "helm install");
+        Self {
+            name: name.to_string(),
+            namespace: ns.to_string(),
+        }
+    }
+
+    /// What `helm get manifest` says the release created, as API objects.
+    pub fn manifest(&self) -> Vec<Value> {
+        let mut cmd = helm();
+        cmd.args([
+            "get",
+            "manifest",
+            &self.name,
+            "--namespace",
+            &self.namespace,
+        ])
+        .arg("--kubeconfig")
+        .arg(&harness::env().kubeconfig);
+        objects(&mut cmd, "helm get manifest")
+    }
+}
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        let out = helm()
+            .args(["uninstall", &self.name, "--namespace", &self.namespace])
+            .arg("--kubeconfig")
+            .arg(&harness::env().kubeconfig)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => eprintln!(
+                "helm uninstall {} failed: {}",
+                self.name,
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => eprintln!("running helm uninstall {}: {e}", self.name),
+        }
+    }
 }

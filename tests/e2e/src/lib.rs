@@ -4,7 +4,9 @@
 //! machines) from binaries built by `tests/e2e/testenv/build.sh`; [`harness`] brings it up once
 //! per test run and hands tests a client; [`capi`] builds CAPI objects and checks rollouts by
 //! CAPI's own criteria; [`site`] and [`engine`] are the fixtures the suites share (built on
-//! [`harness::TestNamespace`], cleaned up on drop) and [`assert`] their shared assertions.
+//! [`harness::TestNamespace`], cleaned up on drop) and [`assert`] their shared assertions;
+//! [`chart`] renders and installs the Helm chart, and [`image`] runs the container image as the
+//! kubelet would run the chart's pod.
 
 pub mod assert;
 pub mod audit;
@@ -18,6 +20,7 @@ pub mod flux;
 pub mod gitops;
 pub mod guard;
 pub mod harness;
+pub mod image;
 pub mod kube_ovn;
 pub mod platform;
 pub mod project;

@@ -54,25 +54,7 @@ pub fn binary(package: &str, name: &str) -> PathBuf {
     build
         .args(["build", "--quiet", "-p", package, "--bin", name])
         .current_dir(repo_root());
-    // Cargo runs tests with the package's own variables set. Some build scripts (ring's) rerun
-    // when CARGO_MANIFEST_DIR changes, so passing them on would rebuild half the dependency
-    // tree here and again at the next plain `cargo build`.
-    for (key, _) in std::env::vars_os() {
-        let key = key.to_string_lossy();
-        if key.starts_with("CARGO_PKG_")
-            || key.starts_with("CARGO_BIN_EXE_")
-            || [
-                "CARGO_MANIFEST_DIR",
-                "CARGO_MANIFEST_PATH",
-                "CARGO_CRATE_NAME",
-                "CARGO_PRIMARY_PACKAGE",
-                "CARGO_TARGET_TMPDIR",
-            ]
-            .contains(&key.as_ref())
-        {
-            build.env_remove(key.as_ref());
-        }
-    }
+    without_test_cargo_env(&mut build);
     // The profile of the running executable (`make bench` runs a release build).
     let exe = std::env::current_exe().expect("test executable path");
     if exe
@@ -98,6 +80,45 @@ pub fn binary(package: &str, name: &str) -> PathBuf {
         bin.display()
     );
     bin
+}
+
+/// Runs `cmd` to its end; fails the test with its output unless it succeeded.
+pub fn run_ok(cmd: &mut Command, what: &str) -> std::process::Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("running {what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Removes from `cmd`'s environment the variables cargo sets for a running test. Some build
+/// scripts (ring's) rerun when CARGO_MANIFEST_DIR changes, so passing them on to a cargo build
+/// (directly or through `make`) would rebuild half the dependency tree there and again at the
+/// next plain `cargo build`.
+pub fn without_test_cargo_env(cmd: &mut Command) -> &mut Command {
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("CARGO_PKG_")
+            || key.starts_with("CARGO_BIN_EXE_")
+            || [
+                "CARGO_MANIFEST_DIR",
+                "CARGO_MANIFEST_PATH",
+                "CARGO_CRATE_NAME",
+                "CARGO_PRIMARY_PACKAGE",
+                "CARGO_TARGET_TMPDIR",
+            ]
+            .contains(&key.as_ref())
+        {
+            cmd.env_remove(key.as_ref());
+        }
+    }
+    cmd
 }
 
 /// A running controller process limited to one namespace; killed on drop.

@@ -15,8 +15,8 @@ use e2e::dcs::StaticDcsCluster;
 use e2e::project::{self, Controller};
 use e2e::testenv::apply_cluster_scoped;
 use e2e::{chart, harness};
-use kube::api::{Api, DeleteParams, DynamicObject, PostParams};
-use serde_json::json;
+use kube::api::{DeleteParams, PostParams};
+use serde_json::{Value, json};
 
 use e2e::capi::dry_run_patch as try_patch;
 
@@ -107,17 +107,7 @@ async fn the_webhook_refuses_a_pool_above_its_control_plane_and_a_template_witho
     });
     hook["namespaceSelector"] = json!({"matchLabels": {"kubernetes.io/metadata.name": ns.name()}});
     apply_cluster_scoped(&client, &[config]).await.unwrap();
-    let configs: Api<DynamicObject> = Api::all_with(
-        client.clone(),
-        &kube::core::ApiResource::from_gvk_with_plural(
-            &kube::core::GroupVersionKind::gvk(
-                "admissionregistration.k8s.io",
-                "v1",
-                "ValidatingWebhookConfiguration",
-            ),
-            "validatingwebhookconfigurations",
-        ),
-    );
+    let configs = chart::webhook_configurations(&client);
 
     // The API server loads a new configuration asynchronously: wait for the first refusal.
     let md_above = json!({"spec": {"template": {"spec": {"version": "v1.33.7-4"}}}});
@@ -231,7 +221,14 @@ fn the_chart_serves_the_webhook_with_its_own_or_a_given_certificate_and_can_leav
         String::from_utf8_lossy(&out.stderr)
     );
     let off = kinds(&["webhook.enabled=false"]);
-    for k in ["Secret", "Service", "ValidatingWebhookConfiguration"] {
+    for k in ["Secret", "ValidatingWebhookConfiguration"] {
         assert!(!off.contains(&k.to_string()), "{k} rendered: {off:?}");
     }
+    // Only the metrics Service is left.
+    let services: Vec<Value> = chart::render("r", "uc-system", &["webhook.enabled=false".into()])
+        .into_iter()
+        .filter(|d| d["kind"] == "Service")
+        .map(|d| d["metadata"]["name"].clone())
+        .collect();
+    assert_eq!(services, [json!("r-metrics")]);
 }

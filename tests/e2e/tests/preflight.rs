@@ -538,6 +538,7 @@ async fn the_helm_chart_runs_the_controller_with_only_the_rights_it_grants() {
             "ClusterRole",
             "ClusterRoleBinding",
             "Service",
+            "Service",
             "Deployment",
             "ValidatingAdmissionPolicy",
             "ValidatingAdmissionPolicyBinding",
