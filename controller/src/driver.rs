@@ -33,8 +33,9 @@ use crate::apply::{self, finalizer};
 use crate::capi::{self, Cluster, KubeadmControlPlane, Machine, MachineDeployment, MachinePool};
 use crate::decide::{self, Outcome, Write};
 use crate::error::{self, Error, Stall};
+use crate::leader::{Leadership, LeaseOptions};
 use crate::metrics::{self, Metrics};
-use crate::observe::inputs::{Claims, Sources, Standby};
+use crate::observe::inputs::{Claims, Shard, Sources, Standby};
 use crate::observe::workload::WorkloadClients;
 use crate::observe::{Caches, ClusterKey, Observed, cache};
 use crate::platform::CvshConfig;
@@ -59,6 +60,10 @@ pub struct RunOptions {
     pub gitops: crate::observe::inputs::GitOpsConfig,
     /// Where the Kube-OVN AppRelease lives on the clusters being upgraded.
     pub kube_ovn_namespace: String,
+    /// Leader election (`--leader-elect`); `None`: this process leads alone.
+    pub leader: Option<LeaseOptions>,
+    /// `--shard-selector`: a label selector on Clusters; only their requests are handled.
+    pub shard_selector: Option<String>,
 }
 
 pub struct Context {
@@ -72,6 +77,8 @@ pub struct Context {
     /// request older than that is read again before deciding.
     written: Mutex<HashMap<String, String>>,
     pub metrics: Arc<Metrics>,
+    /// Whether this replica may reconcile (a standby never writes).
+    leadership: Leadership,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -84,14 +91,26 @@ impl Context {
             controller: "upgrade-controller".into(),
             instance: std::env::var("POD_NAME").ok(),
         };
+        let metrics = Arc::new(if sources.shard.is_some() {
+            Metrics::sharded()
+        } else {
+            Metrics::new()
+        });
         Self {
             recorder: Recorder::new(sources.client.clone(), reporter),
             sources,
             failures: Mutex::default(),
             clusters: Mutex::default(),
             written: Mutex::default(),
-            metrics: Arc::default(),
+            metrics,
+            leadership: Leadership::sole(),
         }
+    }
+
+    /// Reconciles only while `leadership` says this replica leads.
+    pub fn with_leadership(mut self, leadership: Leadership) -> Self {
+        self.leadership = leadership;
+        self
     }
 
     fn client(&self) -> &Client {
@@ -236,6 +255,11 @@ async fn publish_changes(
 /// [`error::FAILURES_BEFORE_REPORT`]th in a row the request's status says what failed.
 #[instrument(skip_all, fields(request = %ur.name_any(), namespace = ur.namespace().unwrap_or_default()))]
 pub async fn reconcile(ur: Arc<UpgradeRequest>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if !ctx.leadership.is_leader() {
+        // A standby lets every event pass: when it wins the Lease, every request is
+        // reconciled anew (`run`), and nothing is written before that.
+        return Ok(Action::await_change());
+    }
     let key = ObjectRef::from_obj(ur.as_ref());
     let started = std::time::Instant::now();
     let result = error::contain(reconcile_request(&ur, &ctx)).await;
@@ -494,6 +518,15 @@ async fn reconcile_request(cached: &UpgradeRequest, ctx: &Context) -> Result<Act
         cached
     };
     let mut obs = sources.caches.observe(ur, &sources.cvsh);
+    if obs.cluster.is_none()
+        && let Some(shard) = &sources.shard
+        && !(ur.metadata.deletion_timestamp.is_some() && cluster_gone(shard, sources, ur).await?)
+    {
+        // Another shard's Cluster (or one no shard selects): not this shard's to report on.
+        // A request being deleted whose Cluster no longer exists is let go by any shard.
+        tracing::debug!(selector = %shard.selector, "the Cluster is not in this shard");
+        return Ok(Action::await_change());
+    }
     if ur.metadata.deletion_timestamp.is_some() {
         return finalize(ctx, &requests, ur, &obs).await;
     }
@@ -574,6 +607,22 @@ async fn reconcile_request(cached: &UpgradeRequest, ctx: &Context) -> Result<Act
         return Ok(Action::requeue(Duration::from_secs(30)));
     }
     Ok(requeue(&outcome))
+}
+
+/// Whether the request's Cluster does not exist at all (read live: the shard's cache holds only
+/// its own Clusters).
+async fn cluster_gone(
+    shard: &Shard,
+    sources: &Sources,
+    ur: &UpgradeRequest,
+) -> Result<bool, Error> {
+    let ns = ur.namespace().unwrap_or_default();
+    let clusters: Api<DynamicObject> =
+        Api::namespaced_with(sources.client.clone(), &ns, &shard.clusters);
+    match clusters.get_metadata_opt(&ur.spec.cluster_name).await {
+        Ok(found) => Ok(found.is_none()),
+        Err(e) => Err(e.into()),
+    }
 }
 
 fn lock_written(ctx: &Context, uid: &str) -> Option<String> {
@@ -660,6 +709,15 @@ pub async fn run(client: Client, opts: RunOptions) -> anyhow::Result<()> {
         }
     }
     let cfg = watcher::Config::default;
+    // A shard caches only its Clusters; the selector is tried once so a malformed one stops
+    // the start with the API server's words rather than failing every watch.
+    let cluster_cfg = match &opts.shard_selector {
+        Some(selector) => {
+            check_selector(&client, &opts, selector).await?;
+            cfg().labels(selector)
+        }
+        None => cfg(),
+    };
 
     // Optional kinds: only what this API server serves is watched.
     let capi_kinds = served_kinds(&client, capi::CLUSTER_GROUP).await;
@@ -730,7 +788,7 @@ pub async fn run(client: Client, opts: RunOptions) -> anyhow::Result<()> {
     controller = controller.watches_stream_with(
         cache::watch(
             typed::<Cluster>(&client, &opts.namespace, &opts.capi.cluster()),
-            cfg(),
+            cluster_cfg,
             caches.clusters.clone(),
             "Cluster",
         ),
@@ -905,10 +963,29 @@ pub async fn run(client: Client, opts: RunOptions) -> anyhow::Result<()> {
         gitops: opts.gitops,
         watch_namespace: opts.namespace.clone(),
         kube_ovn_namespace: opts.kube_ovn_namespace,
+        shard: opts.shard_selector.clone().map(|selector| Shard {
+            selector,
+            clusters: opts.capi.cluster(),
+        }),
     };
-    let ctx = Arc::new(Context::new(sources));
+    // Every replica watches and serves; only the leader reconciles.
+    let leadership = match &opts.leader {
+        Some(lease) => Leadership::elect(client.clone(), lease).await?,
+        None => Leadership::sole(),
+    };
+    if opts.leader.is_some() {
+        // What a standby let pass is looked at when it wins the Lease.
+        controller = controller.reconcile_all_on(leadership.acquired());
+    }
+    let ctx = Arc::new(Context::new(sources).with_leadership(leadership.clone()));
     if let Some(addr) = opts.metrics_addr {
-        let (bound, server) = metrics::serve(addr, ctx.metrics.clone(), caches.clone()).await?;
+        let (bound, server) = metrics::serve(
+            addr,
+            ctx.metrics.clone(),
+            caches.clone(),
+            leadership.clone(),
+        )
+        .await?;
         info!(address = %bound, "serving /metrics, /healthz and /readyz");
         tokio::spawn(async move {
             if let Err(e) = server.await {
@@ -924,6 +1001,7 @@ pub async fn run(client: Client, opts: RunOptions) -> anyhow::Result<()> {
     }
     info!(
         namespace = opts.namespace.as_deref().unwrap_or("*"),
+        shard = opts.shard_selector.as_deref().unwrap_or("*"),
         concurrency = opts.concurrency,
         "upgrade-controller started"
     );
@@ -936,14 +1014,38 @@ pub async fn run(client: Client, opts: RunOptions) -> anyhow::Result<()> {
             info!(cached = %cache::summary(&caches.sizes()), "caches synced");
         });
     }
-    controller
+    let reconciling = controller
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {
             if let Err(e) = res {
                 warn!("reconcile: {e}");
             }
-        })
-        .await;
+        });
+    tokio::select! {
+        // SIGTERM / Ctrl-C: the reconciles under way finished; a standby need not wait for the
+        // Lease to expire.
+        () = reconciling => {
+            leadership.release().await;
+            Ok(())
+        }
+        // Dropping the controller cancels what is under way: nothing more is sent.
+        () = leadership.lost() => anyhow::bail!(
+            "lost the leader Lease; stopping so that only the new leader writes (the restarted process stands by)"
+        ),
+    }
+}
+
+/// Lists one Cluster with `selector`, so that a selector the API server refuses stops the start
+/// with its message.
+async fn check_selector(client: &Client, opts: &RunOptions, selector: &str) -> anyhow::Result<()> {
+    let clusters: Api<DynamicObject> = match &opts.namespace {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, &opts.capi.cluster()),
+        None => Api::all_with(client.clone(), &opts.capi.cluster()),
+    };
+    clusters
+        .list_metadata(&kube::api::ListParams::default().labels(selector).limit(1))
+        .await
+        .map_err(|e| anyhow::anyhow!("--shard-selector {selector:?}: {e}"))?;
     Ok(())
 }

@@ -16,6 +16,16 @@ pub fn user_agent() -> http::HeaderValue {
     http::HeaderValue::from_static(concat!("upgrade-controller/", env!("CARGO_PKG_VERSION")))
 }
 
+/// The User-Agent of one replica, `upgrade-controller/<version> (<instance>)`: the API server's
+/// audit log then tells which replica sent what (a standby must send no write).
+pub fn user_agent_of(instance: &str) -> http::HeaderValue {
+    http::HeaderValue::from_str(&format!(
+        "upgrade-controller/{} ({instance})",
+        env!("CARGO_PKG_VERSION")
+    ))
+    .unwrap_or_else(|_| user_agent())
+}
+
 pub mod admission;
 pub mod api;
 pub mod apply;
@@ -24,6 +34,7 @@ pub mod crd;
 pub mod decide;
 pub mod driver;
 pub mod error;
+pub mod leader;
 pub mod metrics;
 pub mod observe;
 pub mod platform;

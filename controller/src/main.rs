@@ -68,6 +68,13 @@ enum Command {
         /// namespace lives.
         #[arg(long, default_value = "argocd")]
         argocd_namespace: String,
+        #[command(flatten)]
+        election: ElectionArgs,
+        /// Handle only the requests of Clusters with these labels (a label selector such as
+        /// `upgrade.cpaas.io/shard=a`), as one shard of several controllers, each with its own
+        /// Lease (`--leader-election-lease`). README "Sharding".
+        #[arg(long)]
+        shard_selector: Option<String>,
     },
     /// Print the hop table for a cluster without changing anything.
     Plan(PlanArgs),
@@ -103,6 +110,80 @@ struct PlatformArgs {
     /// cluster.
     #[arg(long, default_value = upgrade_controller::decide::kube_ovn::RELEASE_NAMESPACE)]
     kube_ovn_namespace: String,
+}
+
+/// Which replica reconciles: the holder of a Lease.
+#[derive(clap::Args)]
+struct ElectionArgs {
+    /// Reconcile only while holding the leader Lease (run two replicas or more); the others
+    /// watch, serve the webhook and stand by.
+    #[arg(long)]
+    leader_elect: bool,
+    /// Name of the Lease (one per shard).
+    #[arg(long, default_value = "upgrade-controller")]
+    leader_election_lease: String,
+    /// Namespace of the Lease (default: `POD_NAMESPACE`, else the ServiceAccount's namespace).
+    #[arg(long)]
+    leader_election_namespace: Option<String>,
+    /// Seconds the Lease stays valid after its last renewal: at most this long after the
+    /// leader dies, a standby takes over.
+    #[arg(long, default_value_t = 15)]
+    leader_election_lease_duration: u64,
+    /// Seconds before expiry the leader renews (and the most it keeps retrying a failed
+    /// renewal before it stops leading).
+    #[arg(long, default_value_t = 5)]
+    leader_election_renew_before: u64,
+}
+
+const SERVICE_ACCOUNT_NAMESPACE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+
+/// This replica's name: the pod's (`POD_NAME`, from the chart's downward API); outside a pod,
+/// the host's and the process id.
+fn instance_identity() -> String {
+    std::env::var("POD_NAME")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "localhost".into());
+            format!("{host}-{}", std::process::id())
+        })
+}
+
+impl ElectionArgs {
+    fn lease(
+        &self,
+        identity: &str,
+    ) -> anyhow::Result<Option<upgrade_controller::leader::LeaseOptions>> {
+        if !self.leader_elect {
+            return Ok(None);
+        }
+        let namespace = match &self.leader_election_namespace {
+            Some(ns) => ns.clone(),
+            None => std::env::var("POD_NAMESPACE")
+                .ok()
+                .filter(|n| !n.is_empty())
+                .or_else(|| {
+                    std::fs::read_to_string(SERVICE_ACCOUNT_NAMESPACE)
+                        .ok()
+                        .map(|n| n.trim().to_string())
+                })
+                .context(
+                    "--leader-elect: pass --leader-election-namespace (no POD_NAMESPACE, no ServiceAccount namespace file)",
+                )?,
+        };
+        let identity = identity.to_string();
+        let opts = upgrade_controller::leader::LeaseOptions {
+            name: self.leader_election_lease.clone(),
+            namespace,
+            identity,
+            duration: std::time::Duration::from_secs(self.leader_election_lease_duration),
+            renew_before: std::time::Duration::from_secs(self.leader_election_renew_before),
+        };
+        opts.validate().map_err(anyhow::Error::msg)?;
+        Ok(Some(opts))
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -357,7 +438,12 @@ async fn main() -> anyhow::Result<()> {
             platform,
             gitops_namespaces,
             argocd_namespace,
+            election,
+            shard_selector,
         } => {
+            let identity = instance_identity();
+            let leader = election.lease(&identity)?;
+            let shard_selector = shard_selector.filter(|s| !s.trim().is_empty());
             let metrics_addr = match metrics_bind_address.as_str() {
                 "0" => None,
                 addr => Some(addr.parse().with_context(|| {
@@ -379,9 +465,10 @@ async fn main() -> anyhow::Result<()> {
             };
             let mut config = kube::Config::infer().await?;
             // Every request says who sent it (API server audit logs, metrics by user agent).
-            config
-                .headers
-                .push((http::header::USER_AGENT, upgrade_controller::user_agent()));
+            config.headers.push((
+                http::header::USER_AGENT,
+                upgrade_controller::user_agent_of(&identity),
+            ));
             let client = kube::Client::try_from(config)?;
             let cvsh = CvshConfig::new(
                 &platform.cvsh_api_version,
@@ -422,6 +509,8 @@ async fn main() -> anyhow::Result<()> {
                     metrics_addr,
                     webhook,
                     kube_ovn_namespace: platform.kube_ovn_namespace.clone(),
+                    leader,
+                    shard_selector,
                     gitops: upgrade_controller::observe::inputs::GitOpsConfig {
                         namespaces: gitops_namespaces
                             .into_iter()

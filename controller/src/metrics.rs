@@ -1,6 +1,6 @@
 //! Prometheus metrics and the health endpoints (`--metrics-bind-address`): `/metrics` (text
 //! exposition), `/healthz` (the process serves), `/readyz` (every watch cache has completed its
-//! first list).
+//! first list; leader and standby alike, since both serve the webhook; the body says which).
 //!
 //! Label sets are bounded: request metrics carry only the request's namespace and name (and
 //! disappear with the request), failures only [`crate::error::Error::reason`]'s static labels,
@@ -25,6 +25,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::api::{Phase, PlanStepKind, StepState, UpgradeRequestStatus};
+use crate::leader::Leadership;
 use crate::observe::Caches;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -60,6 +61,10 @@ pub struct Metrics {
     requests: Family<PhaseLabels, Gauge>,
     request_step: Family<RequestLabels, Gauge>,
     cached: Family<KindLabels, Gauge>,
+    leader: Gauge,
+    /// With `--shard-selector`: only the requests of the shard's Clusters have series (the
+    /// other shards report theirs).
+    sharded: bool,
     /// Requests with a per-request series (pruned when the request is gone).
     known: Mutex<HashSet<RequestLabels>>,
 }
@@ -125,8 +130,16 @@ impl Metrics {
             "Objects held in the watch caches, by kind",
             cached.clone(),
         );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader Lease (or runs without election), 0 as a standby",
+            leader.clone(),
+        );
         Self {
             registry,
+            leader,
+            sharded: false,
             reconciles,
             reconcile_duration,
             failures,
@@ -198,6 +211,15 @@ impl Metrics {
         }
     }
 
+    /// Metrics of one shard (`--shard-selector`): requests of Clusters outside the shard are
+    /// left to the shard that handles them.
+    pub fn sharded() -> Self {
+        Self {
+            sharded: true,
+            ..Self::new()
+        }
+    }
+
     /// Sets the gauges from the caches and drops the series of requests that are gone.
     fn refresh(&self, caches: &Caches) {
         self.requests.clear();
@@ -211,6 +233,17 @@ impl Metrics {
         }
         let mut present = HashSet::new();
         for ur in caches.requests.all() {
+            if self.sharded
+                && caches
+                    .clusters
+                    .get(
+                        ur.metadata.namespace.as_deref().unwrap_or_default(),
+                        &ur.spec.cluster_name,
+                    )
+                    .is_none()
+            {
+                continue;
+            }
             let status = ur.status.clone().unwrap_or_default();
             let phase = status
                 .phase
@@ -240,9 +273,10 @@ impl Metrics {
         }
     }
 
-    /// The text exposition, after a refresh from `caches`.
-    pub fn render(&self, caches: &Caches) -> String {
+    /// The text exposition, after a refresh from `caches` and the role.
+    pub fn render(&self, caches: &Caches, leader: bool) -> String {
         self.refresh(caches);
+        self.leader.set(i64::from(leader));
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
@@ -282,6 +316,7 @@ fn current_step(status: &UpgradeRequestStatus) -> i64 {
 struct Served {
     metrics: Arc<Metrics>,
     caches: Caches,
+    leadership: Leadership,
 }
 
 async fn exposition(State(s): State<Served>) -> impl IntoResponse {
@@ -290,7 +325,7 @@ async fn exposition(State(s): State<Served>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        s.metrics.render(&s.caches),
+        s.metrics.render(&s.caches, s.leadership.is_leader()),
     )
 }
 
@@ -300,7 +335,7 @@ async fn healthz() -> &'static str {
 
 async fn readyz(State(s): State<Served>) -> (StatusCode, String) {
     if s.caches.synced() {
-        (StatusCode::OK, "ok".into())
+        (StatusCode::OK, format!("ok: {}", s.leadership.describe()))
     } else {
         let failing: Vec<String> = s.caches.failing().into_iter().map(|f| f.message).collect();
         (
@@ -316,6 +351,7 @@ pub async fn serve(
     addr: SocketAddr,
     metrics: Arc<Metrics>,
     caches: Caches,
+    leadership: Leadership,
 ) -> anyhow::Result<(
     SocketAddr,
     impl std::future::Future<Output = std::io::Result<()>>,
@@ -331,6 +367,7 @@ pub async fn serve(
         .with_state(Served {
             metrics: metrics.clone(),
             caches,
+            leadership,
         });
     Ok((bound, async move { axum::serve(listener, app).await }))
 }
@@ -355,7 +392,8 @@ mod tests {
                 .contains("upgrade_controller_reconciles_total{namespace=\"ns\",name=\"a\"} 2"),
             "{before_refresh}"
         );
-        let text = m.render(&caches);
+        let text = m.render(&caches, true);
+        assert!(text.contains("upgrade_controller_leader 1"), "{text}");
         assert!(text.contains("upgrade_controller_reconcile_duration_seconds_count 2"));
         assert!(
             text.contains("upgrade_controller_reconcile_failures_total{reason=\"Forbidden\"} 1")

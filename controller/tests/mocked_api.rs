@@ -291,6 +291,7 @@ fn context(api: &MockApi, caches: Caches) -> Arc<Context> {
         gitops: Default::default(),
         watch_namespace: None,
         kube_ovn_namespace: "cpaas-system".into(),
+        shard: None,
     }))
 }
 
@@ -496,6 +497,7 @@ async fn a_failed_status_write_after_the_kcp_write_resumes_without_a_second_clon
         gitops: Default::default(),
         watch_namespace: None,
         kube_ovn_namespace: "cpaas-system".into(),
+        shard: None,
     }));
     driver::reconcile(Arc::new(ur), ctx2)
         .await

@@ -121,6 +121,17 @@ pub struct Sources {
     pub watch_namespace: Option<String>,
     /// Where the Kube-OVN AppRelease lives on the clusters being upgraded.
     pub kube_ovn_namespace: String,
+    /// `--shard-selector`: only Clusters with these labels are cached (and so handled).
+    pub shard: Option<Shard>,
+}
+
+/// One shard of the controllers (`--shard-selector`).
+#[derive(Clone, Debug)]
+pub struct Shard {
+    /// The label selector on Clusters.
+    pub selector: String,
+    /// The Cluster API resource, to tell a Cluster of another shard from one that is gone.
+    pub clusters: kube::core::ApiResource,
 }
 
 pub(crate) fn not_found(e: &kube::Error) -> bool {
@@ -500,6 +511,7 @@ impl Sources {
         preflight::Workloads {
             clusters,
             only_namespace: self.watch_namespace.clone(),
+            only_shard: self.shard.as_ref().map(|s| s.selector.clone()),
         }
     }
 

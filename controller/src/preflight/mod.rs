@@ -131,6 +131,9 @@ pub struct Workloads {
     /// The one namespace the controller is limited to (`--namespace`), if any: then other
     /// namespaces' Clusters are not seen.
     pub only_namespace: Option<String>,
+    /// The label selector the controller's Clusters are limited to (`--shard-selector`), if
+    /// any: then other shards' Clusters are not seen.
+    pub only_shard: Option<String>,
 }
 
 /// An OS image of a remaining hop.

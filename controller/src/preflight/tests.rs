@@ -308,6 +308,7 @@ fn the_global_clusters_own_request_checks_the_workload_clusters_and_the_standby_
             ),
         ],
         only_namespace: None,
+        only_shard: None,
     });
     // The global cluster itself runs 4.0.11; its own cvsh is the primary global.
     obs.globals = vec![("global".into(), Ok(Some(cvsh("4.0.11"))))];
@@ -361,6 +362,14 @@ fn the_global_clusters_own_request_checks_the_workload_clusters_and_the_standby_
         checks[&CheckName::WorkloadsCompatible].state,
         CheckState::Unknown
     );
+    // Nor can one shard of the controllers.
+    let w = obs.global_self.as_mut().unwrap();
+    w.only_namespace = None;
+    w.only_shard = Some("tier=gold".into());
+    let checks = run_all(&spec(&[]), &target, &cvsh("4.0.11"), &[], &obs);
+    let c = &checks[&CheckName::WorkloadsCompatible];
+    assert_eq!(c.state, CheckState::Unknown);
+    assert!(c.message.contains("--shard-selector"), "{}", c.message);
     // Not the global cluster: the check does not apply.
     obs.global_self = None;
     let checks = run_all(&spec(&[]), &target, &cvsh("4.0.11"), &[], &obs);

@@ -169,6 +169,16 @@ pub(super) fn workloads_compatible(i: &Input<'_>) -> PreflightCheck {
             ),
         );
     }
+    if let Some(selector) = &w.only_shard {
+        return check(
+            name,
+            CheckState::Unknown,
+            "WorkloadsNotWatched",
+            format!(
+                "the controller handles only the Clusters of shard {selector:?} (--shard-selector), so it cannot see every workload cluster; upgrading the global cluster needs a controller without a shard selector"
+            ),
+        );
+    }
     let mut outside = Vec::new();
     for (cluster, versions) in &w.clusters {
         let bad: Vec<String> = versions

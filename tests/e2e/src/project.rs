@@ -189,6 +189,24 @@ impl Controller {
     /// `UC_CONTROLLER_BIN` runs another build of the controller instead of this workspace's
     /// (to measure or test an earlier release with the same harness).
     pub fn start_as(label: &str, kubeconfig: &Path, args: &[String]) -> Self {
+        Self::spawn(label, kubeconfig, args, None)
+    }
+
+    /// One replica of a controller of `namespace`: `POD_NAME=<pod>` (its Lease identity and
+    /// User-Agent `upgrade-controller/<version> (<pod>)`), its own log
+    /// `logs/controller-<namespace>-<pod>.log`.
+    pub fn replica(namespace: &str, pod: &str, extra: &[String]) -> Self {
+        let mut args: Vec<String> = vec!["run".into(), "--namespace".into(), namespace.into()];
+        args.extend_from_slice(extra);
+        Self::spawn(
+            &format!("{namespace}-{pod}"),
+            &harness::env().kubeconfig,
+            &args,
+            Some(pod),
+        )
+    }
+
+    fn spawn(label: &str, kubeconfig: &Path, args: &[String], pod: Option<&str>) -> Self {
         let env = harness::env();
         let bin = std::env::var_os("UC_CONTROLLER_BIN")
             .map(PathBuf::from)
@@ -212,7 +230,11 @@ impl Controller {
             args.retain(|a| !a.starts_with("--metrics-bind-address"));
             args.push("--metrics-bind-address=127.0.0.1:0".into());
         }
-        let child = Command::new(bin)
+        let mut cmd = Command::new(bin);
+        if let Some(pod) = pod {
+            cmd.env("POD_NAME", pod);
+        }
+        let child = cmd
             .args(&args)
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", "info,kube=warn")

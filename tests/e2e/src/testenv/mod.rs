@@ -142,8 +142,10 @@ impl Config {
 }
 
 /// What kube-apiserver records in its audit log: every request on this project's own API and
-/// on ClusterVersionShadows (who read or wrote what, when; no bodies), so tests can prove from
-/// the server's side what the controller did and did not do.
+/// on ClusterVersionShadows, and the writes of the CAPI objects the controller changes (not
+/// their status: CAPI's own controllers write that all the time) — who, with which
+/// User-Agent, when; no bodies — so tests can prove from the server's side what the controller
+/// (and which replica of it) did and did not do.
 pub const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1
 kind: Policy
 omitStages: [RequestReceived]
@@ -154,6 +156,15 @@ rules:
   resources:
   - group: upgrade.cpaas.io
   - group: cvo.cpaas.io
+- level: Metadata
+  verbs: [create, update, patch, delete]
+  resources:
+  - group: controlplane.cluster.x-k8s.io
+    resources: [kubeadmcontrolplanes]
+  - group: cluster.x-k8s.io
+    resources: [clusters, machinedeployments]
+  - group: infrastructure.cluster.x-k8s.io
+    resources: [devmachinetemplates]
 - level: None
 ";
 
