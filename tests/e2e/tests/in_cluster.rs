@@ -79,6 +79,9 @@ async fn the_image_runs_as_the_charts_pod_through_preflight_phase_1_and_a_hop() 
         "Service",
         "ValidatingAdmissionPolicy",
         "ValidatingWebhookConfiguration",
+        "Role",
+        "RoleBinding",
+        "PodDisruptionBudget",
     ] {
         assert!(kinds.contains(&kind), "helm installed no {kind}: {kinds:?}");
     }
@@ -406,4 +409,145 @@ fn the_chart_lints_and_its_values_schema_refuses_what_it_does_not_know() {
     )
     .unwrap();
     assert_eq!(chart_yaml["appVersion"], env!("CARGO_PKG_VERSION"));
+}
+
+#[test]
+fn the_chart_runs_two_replicas_per_shard_each_shard_with_its_own_lease() {
+    let find = |docs: &[Value], kind: &str, name: &str| -> Value {
+        docs.iter()
+            .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no {kind} {name}"))
+            .clone()
+    };
+    let args = |d: &Value| -> Vec<String> {
+        d["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_string())
+            .collect()
+    };
+
+    // The defaults: one Deployment of two replicas rolling one at a time behind a PDB, electing
+    // a leader on Lease `r` with the pod's name, which a namespaced Role lets it renew.
+    let docs = chart::render("r", "uc-system", &[]);
+    let deployments: Vec<&Value> = docs.iter().filter(|d| d["kind"] == "Deployment").collect();
+    assert_eq!(deployments.len(), 1);
+    let d = find(&docs, "Deployment", "r");
+    assert_eq!(d["spec"]["replicas"], 2);
+    assert_eq!(
+        d["spec"]["strategy"],
+        json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}})
+    );
+    let a = args(&d);
+    for flag in [
+        "--leader-elect",
+        "--leader-election-lease=r",
+        "--leader-election-lease-duration=15",
+        "--leader-election-renew-before=5",
+    ] {
+        assert!(a.contains(&flag.to_string()), "{flag} in {a:?}");
+    }
+    assert!(!a.iter().any(|f| f.starts_with("--shard-selector")));
+    let env = &d["spec"]["template"]["spec"]["containers"][0]["env"];
+    assert!(
+        env.as_array().unwrap().contains(&json!({"name": "POD_NAME",
+            "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})),
+        "{env}"
+    );
+    let selector = d["spec"]["selector"]["matchLabels"].clone();
+    assert_eq!(
+        selector,
+        json!({"app.kubernetes.io/name": "upgrade-controller", "app.kubernetes.io/instance": "r"}),
+        "the selector of earlier chart versions (it is immutable)"
+    );
+    let pdb = find(&docs, "PodDisruptionBudget", "r");
+    assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+    assert_eq!(pdb["spec"]["selector"]["matchLabels"], selector);
+    let role = find(&docs, "Role", "r-leader-election");
+    assert_eq!(role["metadata"]["namespace"], "uc-system");
+    assert_eq!(
+        role["rules"],
+        json!([{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+            "verbs": ["get", "create", "patch", "delete"]}])
+    );
+    let binding = find(&docs, "RoleBinding", "r-leader-election");
+    assert_eq!(
+        binding["subjects"],
+        json!([{"kind": "ServiceAccount", "name": "r", "namespace": "uc-system"}])
+    );
+
+    // Two shards: a Deployment, a Lease and a PDB each, selecting only their own pods.
+    let docs = chart::render(
+        "r",
+        "uc-system",
+        &[
+            "shards[0].name=gold".into(),
+            "shards[0].selector=upgrade.cpaas.io/shard=gold".into(),
+            "shards[1].name=rest".into(),
+            "shards[1].selector=!upgrade.cpaas.io/shard".into(),
+        ],
+    );
+    assert_eq!(docs.iter().filter(|d| d["kind"] == "Deployment").count(), 2);
+    for (shard, selector) in [
+        ("gold", "upgrade.cpaas.io/shard=gold"),
+        ("rest", "!upgrade.cpaas.io/shard"),
+    ] {
+        let name = format!("r-{shard}");
+        let d = find(&docs, "Deployment", &name);
+        let a = args(&d);
+        assert!(
+            a.contains(&format!("--leader-election-lease={name}")),
+            "{a:?}"
+        );
+        assert!(a.contains(&format!("--shard-selector={selector}")), "{a:?}");
+        assert_eq!(
+            d["spec"]["selector"]["matchLabels"]["upgrade.cpaas.io/shard"],
+            shard
+        );
+        assert_eq!(
+            d["spec"]["template"]["metadata"]["labels"]["upgrade.cpaas.io/shard"],
+            shard
+        );
+        let pdb = find(&docs, "PodDisruptionBudget", &name);
+        assert_eq!(
+            pdb["spec"]["selector"]["matchLabels"],
+            d["spec"]["selector"]["matchLabels"]
+        );
+    }
+
+    // What cannot work is refused at install, naming the values.
+    for (set, says) in [
+        (
+            vec!["leaderElection.enabled=false"],
+            "replicas > 1 needs leaderElection.enabled",
+        ),
+        (
+            vec!["leaderElection.renewBefore=15"],
+            "must be less than leaderElection.leaseDuration",
+        ),
+        (
+            vec![
+                "shards[0].name=a",
+                "shards[0].selector=x=1",
+                "shards[1].name=a",
+                "shards[1].selector=x=2",
+            ],
+            "appears twice",
+        ),
+        (vec!["shards[0].name=A_b", "shards[0].selector=x=1"], "name"),
+        (vec!["replicas=0"], "replicas"),
+    ] {
+        let out = helm_template(&set);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{set:?} was accepted");
+        assert!(err.contains(says), "{set:?}: {err}");
+    }
+    // One replica without election is fine.
+    let out = helm_template(&["replicas=1", "leaderElection.enabled=false"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
