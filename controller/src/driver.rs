@@ -667,6 +667,18 @@ fn unfinished(
         .collect()
 }
 
+/// The global cluster's own requests in preflight: any workload cluster's declared versions
+/// decide its `WorkloadsCompatible` check, so a change to any KCP or pool wakes them.
+fn global_in_preflight(caches: &Caches, cvsh: &CvshConfig) -> Vec<ObjectRef<UpgradeRequest>> {
+    caches
+        .requests
+        .of_cluster(&(cvsh.namespace.clone(), cvsh.global_name.clone()))
+        .iter()
+        .filter(|ur| in_preflight(ur))
+        .map(|ur| ObjectRef::from_obj(ur.as_ref()))
+        .collect()
+}
+
 fn in_preflight(ur: &UpgradeRequest) -> bool {
     ur.status.as_ref().and_then(|s| s.phase) == Some(Phase::Preflight)
 }
@@ -797,6 +809,7 @@ pub async fn run(client: Client, opts: RunOptions) -> anyhow::Result<()> {
     );
     let wake_kcp = {
         let caches = caches.clone();
+        let cvsh = opts.cvsh.clone();
         move |k: KubeadmControlPlane| {
             let cluster = caches.kcps.cluster_of(&k).or_else(|| {
                 // Not adopted yet: the Cluster whose controlPlaneRef names it.
@@ -813,7 +826,9 @@ pub async fn run(client: Client, opts: RunOptions) -> anyhow::Result<()> {
                     })
                     .map(|c| (ns.clone(), c.name_any()))
             });
-            requests_of(&caches, cluster)
+            let mut woken = requests_of(&caches, cluster);
+            woken.extend(global_in_preflight(&caches, &cvsh));
+            woken
         }
     };
     controller = controller.watches_stream_with(
@@ -832,7 +847,12 @@ pub async fn run(client: Client, opts: RunOptions) -> anyhow::Result<()> {
     );
     let wake_md = {
         let caches = caches.clone();
-        move |md: MachineDeployment| requests_of(&caches, caches.mds.cluster_of(&md))
+        let cvsh = opts.cvsh.clone();
+        move |md: MachineDeployment| {
+            let mut woken = requests_of(&caches, caches.mds.cluster_of(&md));
+            woken.extend(global_in_preflight(&caches, &cvsh));
+            woken
+        }
     };
     controller = controller.watches_stream_with(
         cache::watch(
