@@ -1,7 +1,9 @@
 //! `make demo`: the main job end to end on the local test control plane. Brings the control
 //! plane up (or reuses it), creates an in-memory workload cluster at ACP 4.0 (Kubernetes
 //! v1.31.14-2: 3 control-plane machines, 2 pools of 2 workers), shows the plan to 4.3, then runs
-//! upgrade-controller and follows the UpgradeRequest until the cluster is at 4.3.
+//! upgrade-controller and follows the UpgradeRequest until the cluster is at 4.3. Then a
+//! Kube-OVN cluster's first hop: a static DCS cluster at 4.2.5, whose plan moves Kube-OVN to
+//! the row's chart (the platform's AppRelease reaching Success) before the control plane.
 
 use std::time::{Duration, Instant};
 
@@ -10,6 +12,7 @@ use e2e::capi;
 use e2e::harness;
 use e2e::platform::{GLOBAL, Platform};
 use e2e::project::{self, Controller};
+use e2e::site::{ROW_4_2_5, Site};
 use kube::api::{Api, PostParams};
 use serde_json::json;
 use upgrade_controller::api::{Phase, UpgradeRequest, WorkerStrategy};
@@ -160,9 +163,10 @@ async fn main() -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    eprintln!("== done in {:?}", started.elapsed());
+    kube_ovn_hop().await?;
     eprintln!(
-        "== done in {:?} (whole demo {:?}). Inspect it with:",
-        started.elapsed(),
+        "== whole demo {:?}. Inspect the first cluster with:",
         t0.elapsed()
     );
     eprintln!("   export KUBECONFIG={}", env.kubeconfig.display());
@@ -171,5 +175,76 @@ async fn main() -> Result<()> {
         env.kubectl().display()
     );
     eprintln!("   make testenv-down   # when finished");
+    Ok(())
+}
+
+/// A Kube-OVN cluster (static DCS, `DCSCluster.spec.networkType: kube-ovn`) at 4.2.5 to
+/// 4.3.2, until its control plane is written: the plan's KubeOvn step goes first, and the
+/// stand-in of the platform's AppRelease operator walks `cni-kube-ovn` to the row's chart.
+/// The static cluster has no machines to roll, so the demo stops at the KCP write and
+/// deletes it.
+async fn kube_ovn_hop() -> Result<()> {
+    eprintln!(
+        "\n== a Kube-OVN cluster: static DCS cluster at ACP 4.2.5 (Kubernetes 1.33) to 4.3.2; Kube-OVN moves first"
+    );
+    let mut site = Site::new("demo-ovn", &ROW_4_2_5, "4.3.2", |_| {}).await;
+    site.stage("4.3.2").await;
+    site.request("up", json!({})).await;
+    site.start_controller();
+    let started = Instant::now();
+    let mut shown = Vec::new();
+    let ur = loop {
+        let ur = site.requests().get("up").await?;
+        let status = ur.status.clone().unwrap_or_default();
+        for step in &status.plan {
+            let line = format!(
+                "   step {}/{} {:<12} {:<11} {:?}{}",
+                step.index + 1,
+                status.plan.len(),
+                format!("{:?}", step.kind),
+                step.kubernetes_version,
+                step.state,
+                step.kube_ovn_chart
+                    .as_ref()
+                    .map(|c| format!(" (chart {c})"))
+                    .unwrap_or_default()
+            );
+            if !shown.contains(&line) {
+                println!("{:>4}s {line}", started.elapsed().as_secs());
+                shown.push(line);
+            }
+        }
+        let kcp_written = status.plan.get(1).is_some_and(|s| {
+            s.kind == upgrade_controller::api::PlanStepKind::ControlPlane
+                && s.state != upgrade_controller::api::StepState::Pending
+        });
+        if kcp_written {
+            break ur;
+        }
+        if status.phase == Some(Phase::Stalled) {
+            bail!(
+                "the Kube-OVN cluster's upgrade stalled: {:?}",
+                status.conditions
+            );
+        }
+        if started.elapsed() > Duration::from_secs(300) {
+            bail!("the Kube-OVN step did not finish within 5 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let history = site.kube_ovn.history.lock().unwrap().clone();
+    println!("   cni-kube-ovn AppRelease phases (the stand-in operator): {history:?}");
+    let kcp = site.kcp().await;
+    println!(
+        "   then KubeadmControlPlane {} spec.version = {} ({:?} after the request)",
+        kcp["metadata"]["name"].as_str().unwrap_or_default(),
+        kcp["spec"]["version"].as_str().unwrap_or_default(),
+        started.elapsed()
+    );
+    let plan = ur.status.unwrap_or_default().plan;
+    if plan.first().map(|s| s.kind) != Some(upgrade_controller::api::PlanStepKind::KubeOvn) {
+        bail!("the plan did not start with the Kube-OVN step: {plan:?}");
+    }
+    site.finish().await;
     Ok(())
 }
