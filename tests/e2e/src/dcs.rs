@@ -95,6 +95,9 @@ pub struct StaticDcsCluster {
     pub kcp_max_surge: u32,
     /// MachineDeployments' `spec.strategy.rollingUpdate.maxSurge` (with 0, maxUnavailable is 1).
     pub md_max_surge: u32,
+    /// `DCSCluster.spec.networkType`: `kube-ovn` (a KubeOvn step before each control-plane
+    /// hop, DOMAIN.md §3) or another CNI (`calico`: none).
+    pub network_type: String,
 }
 
 impl StaticDcsCluster {
@@ -115,6 +118,7 @@ impl StaticDcsCluster {
             etcd_tag: "v3.5.25-251215".into(),
             kcp_max_surge: 1,
             md_max_surge: 1,
+            network_type: "kube-ovn".into(),
         }
     }
 
@@ -230,7 +234,12 @@ impl StaticDcsCluster {
     fn cluster_object(&self, host: &str, port: u16) -> Value {
         fixture::render_one(
             "static-dcs/cluster.yaml",
-            &[("NAME", &self.name), ("HOST", &host), ("PORT", &port)],
+            &[
+                ("NAME", &self.name),
+                ("HOST", &host),
+                ("PORT", &port),
+                ("NETWORK_TYPE", &self.network_type),
+            ],
         )
     }
 

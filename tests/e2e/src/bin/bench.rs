@@ -136,6 +136,9 @@ fn static_cluster(name: &str, ns: &str, row: (&str, &str, &str, &str)) -> Static
         cp_replicas: 3,
         pools: vec![("md-a".into(), 2)],
         ip_pool_spare: 1,
+        // Not Kube-OVN: the clusters share one workload API server (this control plane), so
+        // they would share one `cni-kube-ovn` AppRelease; the Kube-OVN step has its own e2e.
+        network_type: "calico".into(),
         ..StaticDcsCluster::new(name, ns)
     }
 }
@@ -372,6 +375,20 @@ async fn main() -> Result<()> {
     }
     testenv::apply_cluster_scoped(&client, &[matrix]).await?;
     dcs::stage_images(&client, &["bench-4.1.6", "bench-4.2.5", "bench-4.3.2"]).await?;
+    // The DCS provider installed (ProviderReady) at a release that pairs with 4.3.2's images,
+    // the only hop the requests make (4.2.5 -> 4.3.2).
+    if e2e::kube_ovn::api(&client, PLATFORM_NS)
+        .get_opt("cluster-api-provider-dcs")
+        .await?
+        .is_none()
+    {
+        e2e::kube_ovn::create_with_status(
+            &client,
+            PLATFORM_NS,
+            e2e::kube_ovn::provider_release(PLATFORM_NS, "v1.0.22"),
+        )
+        .await;
+    }
     // A modification of the (shared) workload cluster: requests that do not acknowledge it wait.
     let rp = Api::<kube::api::DynamicObject>::all_with(
         client.clone(),
