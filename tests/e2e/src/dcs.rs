@@ -234,12 +234,7 @@ impl StaticDcsCluster {
     fn cluster_object(&self, host: &str, port: u16) -> Value {
         fixture::render_one(
             "static-dcs/cluster.yaml",
-            &[
-                ("NAME", &self.name),
-                ("HOST", &host),
-                ("PORT", &port),
-                ("NETWORK_TYPE", &self.network_type),
-            ],
+            &[("NAME", &self.name), ("HOST", &host), ("PORT", &port)],
         )
     }
 
@@ -247,7 +242,12 @@ impl StaticDcsCluster {
     fn dcs_cluster_object(&self, host: &str, port: u16) -> Value {
         fixture::render_one(
             "static-dcs/dcs-cluster.yaml",
-            &[("NAME", &self.name), ("HOST", &host), ("PORT", &port)],
+            &[
+                ("NAME", &self.name),
+                ("HOST", &host),
+                ("PORT", &port),
+                ("NETWORK_TYPE", &self.network_type),
+            ],
         )
     }
 
