@@ -29,16 +29,7 @@ pub struct Release {
 impl Release {
     /// `helm template` for `site`: watching its namespace, pointed at its platform.
     pub fn for_site(site: &Site) -> Self {
-        let docs = render(
-            &site.ns,
-            &site.ns,
-            &[
-                format!("watchNamespace={}", site.ns),
-                format!("cvsh.namespace={}", site.platform.namespace),
-                "cvsh.mapping=namespaced-name".to_string(),
-                format!("kubeOvn.namespace={}", site.platform.namespace),
-            ],
-        );
+        let docs = render(&site.ns, &site.ns, &site_values(site));
         let kinds = docs
             .iter()
             .filter_map(|d| d["kind"].as_str().map(str::to_string))
@@ -58,21 +49,9 @@ impl Release {
         }
     }
 
-    fn deployment(&self) -> &Value {
-        self.namespaced
-            .iter()
-            .find(|d| d["kind"] == "Deployment")
-            .expect("the chart renders a Deployment")
-    }
-
     /// The Deployment's container args.
     pub fn args(&self) -> Vec<String> {
-        self.deployment()["spec"]["template"]["spec"]["containers"][0]["args"]
-            .as_array()
-            .expect("container args")
-            .iter()
-            .map(|a| a.as_str().unwrap_or_default().to_string())
-            .collect()
+        container_args(deployment_of(&self.namespaced))
     }
 
     /// Applies `cluster_scoped` (the rendered ones, or a variant of them) and the namespaced
@@ -88,48 +67,13 @@ impl Release {
         {
             // Already created by an earlier run of this release.
         }
-        let sa = self.deployment()["spec"]["template"]["spec"]["serviceAccountName"]
-            .as_str()
-            .expect("serviceAccountName");
-        let kubeconfig = service_account_kubeconfig(&site.client, &site.ns, sa).await;
-        Controller::start_as(
+        start_as_pod(
+            &site.client,
+            &site.ns,
+            &self.namespaced,
             &format!("{}-chart", site.ns),
-            &kubeconfig,
-            &self.local_args(),
         )
-    }
-
-    /// [`Release::args`] for a process on this machine: the webhook on a free loopback port,
-    /// with the certificate the chart generated written where the Secret would be mounted.
-    fn local_args(&self) -> Vec<String> {
-        let secret = self
-            .namespaced
-            .iter()
-            .find(|d| d["kind"] == "Secret" && d["type"] == "kubernetes.io/tls");
-        self.args()
-            .into_iter()
-            .map(|a| {
-                if a.starts_with("--webhook-bind-address=") {
-                    "--webhook-bind-address=127.0.0.1:0".to_string()
-                } else if a.starts_with("--webhook-cert-dir=") {
-                    let secret = secret.expect("the chart renders the webhook's certificate");
-                    let dir = harness::env()
-                        .kubeconfig
-                        .with_file_name(format!("webhook-{}", self.name));
-                    std::fs::create_dir_all(&dir).unwrap();
-                    for key in ["tls.crt", "tls.key"] {
-                        use base64::Engine;
-                        let pem = base64::engine::general_purpose::STANDARD
-                            .decode(secret["data"][key].as_str().unwrap())
-                            .unwrap();
-                        std::fs::write(dir.join(key), pem).unwrap();
-                    }
-                    format!("--webhook-cert-dir={}", dir.display())
-                } else {
-                    a
-                }
-            })
-            .collect()
+        .await
     }
 
     /// Deletes the cluster-scoped objects (the namespaced ones go with the namespace).
@@ -148,6 +92,81 @@ impl Release {
             let _ = api.delete(&self.name, &DeleteParams::default()).await;
         }
     }
+}
+
+/// The values that point the chart at `site`: watching its namespace, its platform namespace
+/// for ClusterVersionShadows (mapped by namespace) and for the Kube-OVN AppRelease.
+pub fn site_values(site: &Site) -> Vec<String> {
+    vec![
+        format!("watchNamespace={}", site.ns),
+        format!("cvsh.namespace={}", site.platform.namespace),
+        "cvsh.mapping=namespaced-name".to_string(),
+        format!("kubeOvn.namespace={}", site.platform.namespace),
+    ]
+}
+
+fn deployment_of(objects: &[Value]) -> &Value {
+    objects
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .expect("the chart renders a Deployment")
+}
+
+fn container_args(deployment: &Value) -> Vec<String> {
+    deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .expect("container args")
+        .iter()
+        .map(|a| a.as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// Runs the controller on this machine as the chart's pod (the Deployment among `objects`,
+/// release namespace `ns`) would run: its args and its ServiceAccount's token, so it has
+/// exactly the rights the chart grants.
+async fn start_as_pod(
+    client: &kube::Client,
+    ns: &str,
+    objects: &[Value],
+    label: &str,
+) -> Controller {
+    let sa = deployment_of(objects)["spec"]["template"]["spec"]["serviceAccountName"]
+        .as_str()
+        .expect("serviceAccountName");
+    let kubeconfig = service_account_kubeconfig(client, ns, sa).await;
+    Controller::start_as(label, &kubeconfig, &local_args(objects, label))
+}
+
+/// The Deployment's args for a process on this machine: the webhook on a free loopback port,
+/// with the certificate the chart generated written where the Secret would be mounted.
+fn local_args(objects: &[Value], label: &str) -> Vec<String> {
+    let secret = objects
+        .iter()
+        .find(|d| d["kind"] == "Secret" && d["type"] == "kubernetes.io/tls");
+    container_args(deployment_of(objects))
+        .into_iter()
+        .map(|a| {
+            if a.starts_with("--webhook-bind-address=") {
+                "--webhook-bind-address=127.0.0.1:0".to_string()
+            } else if a.starts_with("--webhook-cert-dir=") {
+                let secret = secret.expect("the chart renders the webhook's certificate");
+                let dir = harness::env()
+                    .kubeconfig
+                    .with_file_name(format!("webhook-{label}"));
+                std::fs::create_dir_all(&dir).unwrap();
+                for key in ["tls.crt", "tls.key"] {
+                    use base64::Engine;
+                    let pem = base64::engine::general_purpose::STANDARD
+                        .decode(secret["data"][key].as_str().unwrap())
+                        .unwrap();
+                    std::fs::write(dir.join(key), pem).unwrap();
+                }
+                format!("--webhook-cert-dir={}", dir.display())
+            } else {
+                a
+            }
+        })
+        .collect()
 }
 
 /// The helm of the test control plane's build, run in the repository root.
@@ -177,6 +196,17 @@ pub fn render(release: &str, ns: &str, set: &[String]) -> Vec<Value> {
         cmd.args(["--set", s]);
     }
     objects(&mut cmd, "helm template")
+}
+
+/// `helm template` of release `r` with `set`, as helm ran it (for the refusals: a value the
+/// schema or a template's `fail` refuses).
+pub fn template_output(set: &[&str]) -> std::process::Output {
+    let mut cmd = helm();
+    cmd.args(["template", "r", "charts/upgrade-controller"]);
+    for s in set {
+        cmd.args(["--set", s]);
+    }
+    cmd.output().expect("running helm template")
 }
 
 /// Runs `cmd` (a helm command printing manifests) and returns the objects it printed.
@@ -294,6 +324,18 @@ impl Installed {
         .arg(&harness::env().kubeconfig);
         objects(&mut cmd, "helm get manifest")
     }
+
+    /// Runs the controller on this machine as the installed Deployment's pod would: the args
+    /// and ServiceAccount of the Deployment helm created, with that ServiceAccount's token.
+    pub async fn run_as_its_pod(&self, client: &kube::Client) -> Controller {
+        start_as_pod(
+            client,
+            &self.namespace,
+            &self.manifest(),
+            &format!("{}-installed", self.name),
+        )
+        .await
+    }
 }
 
 impl Drop for Installed {
@@ -313,4 +355,37 @@ impl Drop for Installed {
             Err(e) => eprintln!("running helm uninstall {}: {e}", self.name),
         }
     }
+}
+
+/// Whether `client`'s user may `verb` `resource` of `group` in `namespace` ("" = in every
+/// namespace, or a cluster-scoped resource), as the API server's authorizer answers it
+/// (SelfSubjectAccessReview, `kubectl auth can-i`).
+pub async fn can_i(
+    client: &kube::Client,
+    verb: &str,
+    group: &str,
+    resource: &str,
+    namespace: &str,
+) -> bool {
+    use k8s_openapi::api::authorization::v1::{
+        ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+    };
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                verb: Some(verb.into()),
+                group: Some(group.into()),
+                resource: Some(resource.into()),
+                namespace: Some(namespace.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let answer = Api::<SelfSubjectAccessReview>::all(client.clone())
+        .create(&PostParams::default(), &review)
+        .await
+        .unwrap_or_else(|e| panic!("SelfSubjectAccessReview {verb} {resource}: {e}"));
+    answer.status.expect("a review's status").allowed
 }

@@ -289,15 +289,6 @@ async fn the_image_runs_as_the_charts_pod_through_preflight_phase_1_and_a_hop() 
     run.finish(&client).await;
 }
 
-fn helm_template(set: &[&str]) -> std::process::Output {
-    let mut cmd = chart::helm();
-    cmd.args(["template", "r", "charts/upgrade-controller"]);
-    for s in set {
-        cmd.args(["--set", s]);
-    }
-    cmd.output().expect("running helm template")
-}
-
 #[test]
 fn the_chart_lints_and_its_values_schema_refuses_what_it_does_not_know() {
     let lint = chart::helm()
@@ -320,8 +311,9 @@ fn the_chart_lints_and_its_values_schema_refuses_what_it_does_not_know() {
         ("logFormat=text", "logFormat"),
         ("metrics.port=0", "port"),
         ("capiApiVersion=v1alpha4", "capiApiVersion"),
+        ("rbac.scope=Namespaces", "scope"),
     ] {
-        let out = helm_template(&[set]);
+        let out = chart::template_output(&[set]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "--set {set} was accepted");
         assert!(
