@@ -530,13 +530,13 @@ fn the_chart_runs_two_replicas_per_shard_each_shard_with_its_own_lease() {
         (vec!["shards[0].name=A_b", "shards[0].selector=x=1"], "name"),
         (vec!["replicas=0"], "replicas"),
     ] {
-        let out = helm_template(&set);
+        let out = chart::template_output(&set);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{set:?} was accepted");
         assert!(err.contains(says), "{set:?}: {err}");
     }
     // One replica without election is fine.
-    let out = helm_template(&["replicas=1", "leaderElection.enabled=false"]);
+    let out = chart::template_output(&["replicas=1", "leaderElection.enabled=false"]);
     assert!(
         out.status.success(),
         "{}",
