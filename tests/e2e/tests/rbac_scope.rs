@@ -47,6 +47,20 @@ fn non_resource_urls(role: &Value) -> Vec<Value> {
         .collect()
 }
 
+/// The chart's objects without the leader-election Role and RoleBinding (the Lease rights in
+/// the release namespace, the same in both scopes; in_cluster.rs checks them).
+fn rbac_of(release: &str, ns: &str, set: &[String]) -> Vec<Value> {
+    chart::render(release, ns, set)
+        .into_iter()
+        .filter(|d| {
+            !(matches!(d["kind"].as_str(), Some("Role" | "RoleBinding"))
+                && d["metadata"]["name"]
+                    .as_str()
+                    .is_some_and(|n| n.ends_with("-leader-election")))
+        })
+        .collect()
+}
+
 fn cluster_role(docs: &[Value]) -> &Value {
     let roles: Vec<_> = docs.iter().filter(|d| d["kind"] == "ClusterRole").collect();
     assert_eq!(roles.len(), 1, "one ClusterRole");
@@ -102,12 +116,12 @@ fn gitops_grants() -> Grants {
 #[test]
 fn namespace_scope_renders_roles_only_where_used_and_no_namespaced_right_in_the_cluster_role() {
     // Cluster scope (the default): one ClusterRole holding everything, no Role.
-    let cluster = chart::render("r", "uc-system", &["watchNamespace=tenant-a".into()]);
+    let cluster = rbac_of("r", "uc-system", &["watchNamespace=tenant-a".into()]);
     assert!(!cluster.iter().any(|d| d["kind"] == "Role"));
     let everything = grants(cluster_role(&cluster));
     assert!(everything.contains(&("".into(), "secrets".into(), "get".into())));
 
-    let docs = chart::render(
+    let docs = rbac_of(
         "r",
         "uc-system",
         &[
@@ -198,7 +212,7 @@ fn namespace_scope_renders_roles_only_where_used_and_no_namespaced_right_in_the_
 
     // The image ConfigMaps' namespace is the controller's (providers::PLATFORM_NAMESPACE),
     // not the cvsh namespace; a GitOps namespace that is the requests' adds no Role.
-    let docs = chart::render(
+    let docs = rbac_of(
         "r",
         "uc-system",
         &[
@@ -223,7 +237,7 @@ fn namespace_scope_renders_roles_only_where_used_and_no_namespaced_right_in_the_
 
     // The platform's convention (Clusters in the cvsh namespace, which is also the image
     // ConfigMaps' and here the GitOps rule sets'): one Role there with every namespaced rule.
-    let docs = chart::render(
+    let docs = rbac_of(
         "r",
         "uc-system",
         &[
