@@ -285,6 +285,27 @@ async fn written(writes: &Writes, who: &str, version: &str, timeout: Duration) -
     }
 }
 
+/// The DCS provider's AppRelease (ProviderReady) installed at `version`. The pairing rule
+/// (DOMAIN.md §4: images of ACP >= 4.3.2 need provider >= v1.0.21, and the reverse) wants
+/// v1.0.20 for hops to 4.1.6 and 4.2.5 and v1.0.22 for 4.3.2, as an operator would upgrade it.
+async fn set_provider(client: &kube::Client, version: &str) -> Result<()> {
+    let api = e2e::kube_ovn::api(client, PLATFORM_NS);
+    let name = "cluster-api-provider-dcs";
+    if api.get_opt(name).await?.is_some() {
+        api.delete(name, &Default::default()).await?;
+        while api.get_opt(name).await?.is_some() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    e2e::kube_ovn::create_with_status(
+        client,
+        PLATFORM_NS,
+        e2e::kube_ovn::provider_release(PLATFORM_NS, version),
+    )
+    .await;
+    Ok(())
+}
+
 /// One cluster upgrading 4.0.11 → 4.3.2 (three hops), this program playing CAPI's rollouts.
 /// Returns the gate-true → next-write latencies: the control plane done → the pool's write,
 /// and the pool done → the next hop's control-plane write.
@@ -295,6 +316,7 @@ async fn upgrade_one(
 ) -> Result<Vec<Duration>> {
     let ns = &cluster.namespace;
     let writes = watch_writes(client, ns);
+    set_provider(client, "v1.0.20").await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     Api::<UpgradeRequest>::namespaced(client.clone(), ns)
         .create(&PostParams::default(), &request(name, &cluster.name, true)?)
@@ -309,6 +331,10 @@ async fn upgrade_one(
         let gate = Instant::now();
         let next = written(&writes, &md, version, Duration::from_secs(120)).await?;
         latencies.push(next.saturating_duration_since(gate));
+        if i == 1 {
+            // Before the hop to 4.3.2's images.
+            set_provider(client, "v1.0.22").await?;
+        }
         cluster.roll_out(client).await?;
         let gate = Instant::now();
         if let Some(next_version) = hops.get(i + 1) {
@@ -377,18 +403,7 @@ async fn main() -> Result<()> {
     dcs::stage_images(&client, &["bench-4.1.6", "bench-4.2.5", "bench-4.3.2"]).await?;
     // The DCS provider installed (ProviderReady) at a release that pairs with 4.3.2's images,
     // the only hop the requests make (4.2.5 -> 4.3.2).
-    if e2e::kube_ovn::api(&client, PLATFORM_NS)
-        .get_opt("cluster-api-provider-dcs")
-        .await?
-        .is_none()
-    {
-        e2e::kube_ovn::create_with_status(
-            &client,
-            PLATFORM_NS,
-            e2e::kube_ovn::provider_release(PLATFORM_NS, "v1.0.22"),
-        )
-        .await;
-    }
+    set_provider(&client, "v1.0.22").await?;
     // A modification of the (shared) workload cluster: requests that do not acknowledge it wait.
     let rp = Api::<kube::api::DynamicObject>::all_with(
         client.clone(),
