@@ -21,6 +21,8 @@ pub fn describe(kind: &str, name: &str, ns: &str) -> String {
 pub struct EventRow {
     pub type_: String,
     pub reason: String,
+    /// `10s`, or `1s (x15 over 2m55s)` for a series of repeats shown as one row.
+    pub age: String,
     pub from: String,
     pub message: String,
 }
@@ -58,6 +60,7 @@ pub fn events(describe: &str) -> Vec<EventRow> {
             EventRow {
                 type_: cell(&row, 0, reason),
                 reason: cell(&row, reason, age),
+                age: cell(&row, age, from),
                 from: cell(&row, from, message),
                 message: cell(&row, message, row.len()),
             }
@@ -71,21 +74,35 @@ mod tests {
 
     #[test]
     fn the_events_table_is_cut_at_its_header_titles() {
-        let out = "Name:  x\nStatus:\n  Phase:  Succeeded\nEvents:\n  Type    Reason        Age   From                Message\n  ----    ------        ----  ----                -------\n  Normal  Progress      10s   upgrade-controller  step 1: ControlPlane to Kubernetes v1.32.11-2 started\n  Normal  PhaseChanged  1s    upgrade-controller  Some(Upgrading) → Succeeded: the cluster is at 4.3.2\n";
+        // As kubectl 1.33 printed it (messages shortened).
+        let out = concat!(
+            "Name:         to-4-3\n",
+            "  Target:\n",
+            "    Kubernetes Version:    v1.34.5-3\n",
+            "Events:\n",
+            "  Type     Reason            Age                  From                Message\n",
+            "  ----     ------            ----                 ----                -------\n",
+            "  Normal   Progress          10s                  upgrade-controller  planned 6 steps to 4.3.2\n",
+            "  Warning  PreflightBlocked  1s (x9 over 2m55s)   upgrade-controller  EtcdHealthy: KubeadmControlPlane demo-cp reports EtcdClusterHealthy=False\n",
+        );
         assert_eq!(
             events(out),
             vec![
                 EventRow {
                     type_: "Normal".into(),
                     reason: "Progress".into(),
+                    age: "10s".into(),
                     from: "upgrade-controller".into(),
-                    message: "step 1: ControlPlane to Kubernetes v1.32.11-2 started".into(),
+                    message: "planned 6 steps to 4.3.2".into(),
                 },
                 EventRow {
-                    type_: "Normal".into(),
-                    reason: "PhaseChanged".into(),
+                    type_: "Warning".into(),
+                    reason: "PreflightBlocked".into(),
+                    age: "1s (x9 over 2m55s)".into(),
                     from: "upgrade-controller".into(),
-                    message: "Some(Upgrading) → Succeeded: the cluster is at 4.3.2".into(),
+                    message:
+                        "EtcdHealthy: KubeadmControlPlane demo-cp reports EtcdClusterHealthy=False"
+                            .into(),
                 },
             ]
         );
