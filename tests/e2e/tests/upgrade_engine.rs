@@ -1,11 +1,13 @@
 //! The upgrade engine on the real control plane: a 3-CP / 2x2-worker in-memory cluster goes
 //! from Kubernetes 1.31 (ACP 4.0) to the 4.3 row one minor at a time, also across a controller
-//! crash; invalid requests stall with their reason and touch nothing. The clean run's
-//! `/metrics` is scraped throughout, as Prometheus would.
+//! crash; invalid requests stall with their reason and touch nothing. The clean run is also
+//! watched the way an operator would: `/metrics` scraped throughout, `kubectl describe` at the
+//! end.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use e2e::describe::{self, EventRow};
 use e2e::engine::*;
 use e2e::harness;
 use e2e::project::{self, Controller, create_request, wait_request};
@@ -40,6 +42,10 @@ async fn demo_cluster_upgrades_from_4_0_to_4_3_one_minor_at_a_time() {
         .await
         .unwrap();
     metrics_moved(&timeline, &ns, &ur, &writes);
+
+    let out = describe::describe("upgraderequest", "to-4-3", &ns);
+    eprintln!("kubectl describe upgraderequest to-4-3 -n {ns}:\n{out}");
+    events_tell_the_story(&describe::events(&out), &ur);
 
     let mut lat = gate_to_write(&writes, &gates);
     lat.sort();
@@ -251,6 +257,102 @@ fn metrics_moved(t: &Timeline, ns: &str, ur: &UpgradeRequest, writes: &[Write]) 
         .filter(|s| s.kind == PlanStepKind::Workers)
         .count();
     assert_eq!(last("Workers"), Some(worker_steps as f64), "{workers:?}");
+}
+
+/// The Events section of `kubectl describe` after the clean run: one row per Event (none
+/// folded into a series of repeats), the phases in order, the plan, Phase 1 asked and
+/// finished, then every step started and finished in turn. The only warning allowed is the
+/// preflight waiting a moment (etcd reports itself unhealthy for a while after the cluster is
+/// created).
+fn events_tell_the_story(events: &[EventRow], ur: &UpgradeRequest) {
+    let status = ur.status.as_ref().unwrap();
+    assert!(!events.is_empty(), "describe shows no Events");
+    for e in events {
+        assert_eq!(e.from, "upgrade-controller", "{e:?}");
+        assert!(
+            e.type_ == "Normal" || e.reason == "PreflightBlocked",
+            "a warning in a clean run: {e:?}"
+        );
+        // kube's Recorder folds an Event into an earlier one with the same type, action and
+        // reason (whatever its note): the row keeps the first note and only counts the rest.
+        assert!(
+            !e.age.contains("(x"),
+            "Events folded into one row, their own messages lost: {e:?}"
+        );
+    }
+    // Phase changes chain: each starts where the one before ended, ending at Succeeded.
+    let messages = |reason: &str| -> Vec<&str> {
+        events
+            .iter()
+            .filter(|e| e.reason == reason)
+            .map(|e| e.message.as_str())
+            .collect()
+    };
+    let phases = messages("PhaseChanged");
+    let mut at = "None".to_string();
+    for m in &phases {
+        let (from, rest) = m.split_once(" → ").unwrap_or_else(|| panic!("{m}"));
+        let to = rest.split(':').next().unwrap();
+        let from = from.trim_start_matches("Some(").trim_end_matches(')');
+        assert_eq!(from, at, "phase changes out of order: {phases:#?}");
+        at = to.to_string();
+    }
+    assert_eq!(at, "Succeeded", "{phases:#?}");
+    for phase in ["Preflight", "UpgradingExtensions", "Upgrading"] {
+        assert!(
+            phases.iter().any(|m| m.contains(&format!(" → {phase}:"))),
+            "no change to {phase}: {phases:#?}"
+        );
+    }
+    assert!(
+        phases.last().unwrap().contains("the cluster is at 4.3.2"),
+        "{phases:#?}"
+    );
+
+    // The story told by Progress: planned, Phase 1 asked and finished, each step's start and
+    // finish, in this order and nothing else.
+    let progress = messages("Progress");
+    let mut expected = vec![
+        format!("planned {} steps to 4.3.2", status.plan.len()),
+        "Phase 1: set".to_string(),
+        "Phase 1 finished".to_string(),
+    ];
+    for step in &status.plan {
+        for edge in ["started", "finished"] {
+            expected.push(format!(
+                "step {}: {} {edge}",
+                step.index + 1,
+                step.describe()
+            ));
+        }
+    }
+    assert_eq!(
+        progress.len(),
+        expected.len(),
+        "Progress events: {progress:#?}"
+    );
+    for (got, want) in progress.iter().zip(&expected) {
+        assert!(
+            got.starts_with(want.as_str()),
+            "{got:?} is not {want:?}: {progress:#?}"
+        );
+    }
+    // The same story as the request's own history (newest first there).
+    let history: Vec<&str> = status
+        .history
+        .iter()
+        .rev()
+        .map(|h| h.message.as_str())
+        .collect();
+    assert_eq!(
+        progress, history,
+        "Progress events and status.history differ"
+    );
+    let others: Vec<&EventRow> = events
+        .iter()
+        .filter(|e| !["Progress", "PhaseChanged", "PreflightBlocked"].contains(&e.reason.as_str()))
+        .collect();
+    assert!(others.is_empty(), "unexpected Events: {others:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
