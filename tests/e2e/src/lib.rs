@@ -7,6 +7,8 @@
 //! [`harness::TestNamespace`], cleaned up on drop) and [`assert`] their shared assertions;
 //! [`chart`] renders and installs the Helm chart, and [`image`] runs the container image as the
 //! kubelet would run the chart's pod.
+//! [`scrape`] records a controller's `/metrics` during a run and [`describe`] reads
+//! `kubectl describe`'s Events, for the observability checks.
 
 pub mod assert;
 pub mod audit;
@@ -14,6 +16,7 @@ pub mod capi;
 pub mod chart;
 pub mod cvo;
 pub mod dcs;
+pub mod describe;
 pub mod engine;
 pub mod fixture;
 pub mod flux;
@@ -24,5 +27,6 @@ pub mod image;
 pub mod kube_ovn;
 pub mod platform;
 pub mod project;
+pub mod scrape;
 pub mod site;
 pub mod testenv;
