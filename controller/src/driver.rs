@@ -68,7 +68,8 @@ pub struct RunOptions {
 
 pub struct Context {
     pub sources: Sources,
-    recorder: Recorder,
+    /// Who publishes the Events (a Recorder is made per Event, see [`Context::event`]).
+    reporter: Reporter,
     /// Consecutive failed reconciles per request (for backoff and for reporting).
     failures: Mutex<HashMap<ObjectRef<UpgradeRequest>, u32>>,
     /// One lock per cluster: its requests are reconciled one at a time.
@@ -97,7 +98,7 @@ impl Context {
             Metrics::new()
         });
         Self {
-            recorder: Recorder::new(sources.client.clone(), reporter),
+            reporter,
             sources,
             failures: Mutex::default(),
             clusters: Mutex::default(),
@@ -136,7 +137,11 @@ impl Context {
             action: reason.into(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&ev, reference).await {
+        // A Recorder of its own: a long-lived one folds every Event with the same reason into
+        // the first one's series (kube-runtime keys them without the note), so `kubectl
+        // describe` would show one "Progress" message and a count.
+        let recorder = Recorder::new(self.client().clone(), self.reporter.clone());
+        if let Err(e) = recorder.publish(&ev, reference).await {
             warn!(reason, "could not publish an Event: {e}");
         }
     }
@@ -219,8 +224,10 @@ async fn publish_changes(
             EventType::Normal,
             "PhaseChanged",
             format!(
-                "{:?} → {phase:?}: {}",
-                before.phase,
+                "{} → {phase:?}: {}",
+                before
+                    .phase
+                    .map_or("None".to_string(), |p| format!("{p:?}")),
                 condition(after, "Ready").map_or("", |c| c.2)
             ),
         )

@@ -288,10 +288,10 @@ const PHASES: [&str; 9] = [
     "None",
     "Pending",
     "Preflight",
+    "AwaitingAcknowledgement",
     "UpgradingExtensions",
     "Upgrading",
     "Paused",
-    "Blocked",
     "Stalled",
     "Succeeded",
 ];
