@@ -134,12 +134,13 @@ async fn start_as_pod(
         .as_str()
         .expect("serviceAccountName");
     let kubeconfig = service_account_kubeconfig(client, ns, sa).await;
-    Controller::start_as(label, &kubeconfig, &local_args(objects, label))
+    Controller::start_as(label, &kubeconfig, &local_args(objects, ns, label))
 }
 
 /// The Deployment's args for a process on this machine: the webhook on a free loopback port,
-/// with the certificate the chart generated written where the Secret would be mounted.
-fn local_args(objects: &[Value], label: &str) -> Vec<String> {
+/// with the certificate the chart generated written where the Secret would be mounted, and the
+/// Lease namespace the pod's `POD_NAMESPACE` (downward API) would give.
+fn local_args(objects: &[Value], ns: &str, label: &str) -> Vec<String> {
     let secret = objects
         .iter()
         .find(|d| d["kind"] == "Secret" && d["type"] == "kubernetes.io/tls");
@@ -164,6 +165,13 @@ fn local_args(objects: &[Value], label: &str) -> Vec<String> {
                 format!("--webhook-cert-dir={}", dir.display())
             } else {
                 a
+            }
+        })
+        .flat_map(|a| {
+            if a == "--leader-elect" {
+                vec![a, format!("--leader-election-namespace={ns}")]
+            } else {
+                vec![a]
             }
         })
         .collect()

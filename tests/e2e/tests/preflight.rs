@@ -533,10 +533,13 @@ async fn the_helm_chart_runs_the_controller_with_only_the_rights_it_grants() {
     assert_eq!(
         release.kinds,
         [
+            "PodDisruptionBudget",
             "ServiceAccount",
             "Secret",
             "ClusterRole",
             "ClusterRoleBinding",
+            "Role",
+            "RoleBinding",
             "Service",
             "Service",
             "Deployment",
