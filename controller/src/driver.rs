@@ -586,6 +586,12 @@ async fn reconcile_request(cached: &UpgradeRequest, ctx: &Context) -> Result<Act
                 if matches!(write, Write::RequestExtensions { .. }) {
                     sources.claims.claim(key.clone(), uid.clone());
                 }
+                if applied.wrote
+                    && let Write::Start { index, pools } = write
+                    && let Some(step) = status.plan.get(*index)
+                {
+                    await_own_write(&sources.caches, &key, step, pools).await;
+                }
             }
             Err(Error::Stall(s)) => outcome = Outcome::Stalled(s),
             Err(e) => return Err(e),
@@ -629,6 +635,39 @@ async fn cluster_gone(
     match clusters.get_metadata_opt(&ur.spec.cluster_name).await {
         Ok(found) => Ok(found.is_none()),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Waits (5 s at most) until the watch caches show a step start's own write: the next
+/// reconcile, woken by the status write at once, must not decide from a cache that predates
+/// it and write the same version again.
+async fn await_own_write(
+    caches: &Caches,
+    key: &ClusterKey,
+    step: &crate::api::PlanStep,
+    pools: &[String],
+) {
+    let version = step.kubernetes_version.as_str();
+    let seen = || match step.kind {
+        PlanStepKind::ControlPlane => caches
+            .kcps
+            .of_cluster(key)
+            .iter()
+            .any(|k| k.spec.version == version),
+        PlanStepKind::Workers => {
+            let mds = caches.mds.of_cluster(key);
+            pools.iter().all(|p| {
+                mds.iter()
+                    .find(|md| capi::name(&md.metadata) == p)
+                    // A MachinePool or a pool gone: nothing of ours to wait for.
+                    .is_none_or(|md| md.version() == version)
+            })
+        }
+        PlanStepKind::KubeOvn => true,
+    };
+    let start = std::time::Instant::now();
+    while !seen() && start.elapsed() < Duration::from_secs(5) {
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
 
