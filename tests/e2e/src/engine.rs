@@ -199,6 +199,24 @@ pub async fn demo_cluster(client: &kube::Client, prefix: &str) -> TestNamespace 
     ns
 }
 
+/// A small in-memory cluster `name` at [`START`] in `ns` (one control-plane machine, pool
+/// `pool-a` of one), every rollout finished.
+pub async fn small_cluster(client: &kube::Client, ns: &str, name: &str) {
+    let objects = capi::in_memory_cluster(name, START, "v131", 1, &[("pool-a", 1)]);
+    capi::create_all(client, ns, &objects).await.unwrap();
+    let (kcp, pool) = (format!("{name}-cp"), format!("{name}-pool-a"));
+    capi::wait_done(&kcp, Duration::from_secs(300), || {
+        capi::kcp_rollout_pending(client, ns, &kcp, START)
+    })
+    .await
+    .unwrap();
+    capi::wait_done(&pool, Duration::from_secs(300), || {
+        capi::md_rollout_pending(client, ns, &pool, START)
+    })
+    .await
+    .unwrap();
+}
+
 pub fn minor(v: &str) -> u64 {
     v.trim_start_matches('v')
         .split('.')

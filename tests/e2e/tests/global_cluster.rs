@@ -20,14 +20,7 @@ use upgrade_controller::api::{CheckName, CheckState, Phase, StepState, UpgradeRe
 const TENANT_START: &str = "v1.30.14-2";
 
 fn check(ur: &UpgradeRequest, name: CheckName) -> Option<(CheckState, String)> {
-    ur.status
-        .as_ref()?
-        .preflight
-        .as_ref()?
-        .checks
-        .iter()
-        .find(|c| c.name == name)
-        .map(|c| (c.state, c.message.clone()))
+    assert::check(ur, name).map(|c| (c.state, c.message))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -41,20 +34,9 @@ async fn the_global_cluster_waits_for_every_workload_cluster_and_resumes_after_i
     let platform = Platform::start(&client, &ns, "tenant", "4.0.11", "4.0.11").await;
     ns.delete_with(&platform.namespace);
     let pns = platform.namespace.clone();
-    let global = capi::in_memory_cluster("global", START, "v131", 1, &[("pool-a", 1)]);
-    capi::create_all(&client, &pns, &global).await.unwrap();
     let tenant = capi::in_memory_cluster("tenant", TENANT_START, "v130", 1, &[]);
     capi::create_all(&client, &ns, &tenant).await.unwrap();
-    capi::wait_done("global control plane", Duration::from_secs(300), || {
-        capi::kcp_rollout_pending(&client, &pns, "global-cp", START)
-    })
-    .await
-    .unwrap();
-    capi::wait_done("global pool", Duration::from_secs(300), || {
-        capi::md_rollout_pending(&client, &pns, "global-pool-a", START)
-    })
-    .await
-    .unwrap();
+    engine::small_cluster(&client, &pns, "global").await;
     let writes = engine::record_writes(&client, &pns);
     project::create_request(
         &client,

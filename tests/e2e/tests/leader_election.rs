@@ -262,18 +262,7 @@ async fn two_shards_upgrade_their_own_clusters_and_one_leader_dying_leaves_the_o
     let run = start_run(&client, "shards", json!({})).await;
     let ns = run.ns.to_string();
     // East: a smaller cluster in the same namespace, with its own request.
-    let east = capi::in_memory_cluster("east", START, "v131", 1, &[("pool-a", 1)]);
-    capi::create_all(&client, &ns, &east).await.unwrap();
-    capi::wait_done("east control plane", Duration::from_secs(300), || {
-        capi::kcp_rollout_pending(&client, &ns, "east-cp", START)
-    })
-    .await
-    .unwrap();
-    capi::wait_done("east pool", Duration::from_secs(300), || {
-        capi::md_rollout_pending(&client, &ns, "east-pool-a", START)
-    })
-    .await
-    .unwrap();
+    engine::small_cluster(&client, &ns, "east").await;
     run.platform.add_cluster(&client, "east", "4.0.11").await;
     let clusters = capi::api(&client, &ns, capi::CLUSTER_V1BETA1, "Cluster");
     for (cluster, shard) in [("demo", "west"), ("east", "east")] {
