@@ -57,7 +57,11 @@ fn the_chart_installs_the_same_policy_with_its_failure_policy_and_can_leave_it_o
     let docs = rendered(&[]);
     assert_eq!(docs.len(), 2, "the policy and its binding");
     assert_eq!(docs[0]["spec"], shipped[0]["spec"]);
-    assert_eq!(docs[1]["spec"]["policyName"], POLICY);
+    // The chart names its policy after the release, so a policy applied
+    // from config/ (named POLICY) and the chart's never collide.
+    assert_eq!(docs[0]["metadata"]["name"], "r-version-guard");
+    assert_eq!(docs[1]["metadata"]["name"], "r-version-guard");
+    assert_eq!(docs[1]["spec"]["policyName"], docs[0]["metadata"]["name"]);
     assert_eq!(
         docs[1]["spec"].get("matchResources"),
         None,
