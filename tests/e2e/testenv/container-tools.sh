@@ -5,12 +5,17 @@
 # No Docker engine or registry is needed. Installs what is missing from Debian's packages with
 # apt-get when run as root; otherwise prints the command and fails. A no-op, in well under a
 # second, when everything is there.
+#
+# --kind: also debootstrap, which builds the kind + CAPD suite's node root filesystem
+# (tests/e2e/kind/build-images.sh).
 set -euo pipefail
 
 log() { echo "testenv/container-tools.sh: $*" >&2; }
 
+cmds=(buildah podman runc file)
+[ "${1:-}" = --kind ] && cmds+=(debootstrap)
 missing=()
-for cmd in buildah podman runc file; do
+for cmd in "${cmds[@]}"; do
 	command -v "$cmd" >/dev/null 2>&1 || missing+=("$cmd")
 done
 # glibc's static archive (libc.a) comes with libc6-dev.
@@ -20,7 +25,7 @@ if [ ${#missing[@]} -eq 0 ]; then
 fi
 
 if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
-	log "missing: ${missing[*]}; install them, e.g. apt-get install buildah podman runc libc6-dev file"
+	log "missing: ${missing[*]}; install them, e.g. apt-get install ${missing[*]}"
 	exit 1
 fi
 log "installing ${missing[*]} (apt-get)"
@@ -28,8 +33,8 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -qq
 # No recommends: crun (podman's default, which fails here on hybrid cgroups; runc is used),
 # slirp4netns, fuse-overlayfs and the rest serve rootless setups this project does not use.
-apt-get install -y -qq --no-install-recommends buildah podman runc libc6-dev file >/dev/null
-for cmd in buildah podman runc file; do
+apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+for cmd in "${cmds[@]}"; do
 	command -v "$cmd" >/dev/null 2>&1 || { log "$cmd still missing after apt-get install"; exit 1; }
 done
 log "installed: $(buildah --version), $(podman --version), $(runc --version | head -1)"

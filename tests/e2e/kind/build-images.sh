@@ -1,0 +1,195 @@
+#!/usr/bin/env bash
+# Builds, in the local container storage (podman and buildah share it), what a CAPD
+# Docker-backed cluster runs here, where no image can be pulled:
+#
+#   localhost/uc-kind/node:<version>-<key>   one node image ("OS image") per Kubernetes minor of
+#                                            versions.env: systemd, containerd, runc, CNI plugins,
+#                                            kubelet/kubeadm/kubectl, and in containerd the
+#                                            control-plane, etcd and pause images kubeadm runs
+#   localhost/uc-kind/haproxy:<key>          CAPD's load balancer (haproxy with CAPD's config path)
+#
+# and prints the path of an env file naming them (UC_KIND_NODE_IMAGE_<minor>=..., and
+# UC_KIND_LB_REPOSITORY / UC_KIND_LB_TAG). Everything is keyed by the pins, the Go module files
+# and the files baked in, and cached outside the repository: Kubernetes binaries under
+# $UC_CACHE_DIR/kind, images in the container storage. A warm run builds nothing.
+#
+#   etcd (v3.5, one image for every minor)  ../testenv/build.sh's etcd binary
+#   kube-* (per minor)                      k8s/<minor>/ (bump.sh), version-stamped as there
+#   pause                                   pause/pause.c, linked statically
+#   crictl                                  tools/ (CAPD runs `crictl ps` in a new node)
+#   base root filesystem                    debootstrap from Debian's packages
+#
+# UC_KIND_ONLY="v1.33.13" builds only the node images it names (the env file then names only
+# those). Needs root, buildah, podman (runc) and debootstrap (../testenv/container-tools.sh
+# --kind installs them).
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=versions.env
+source "$here/versions.env"
+export CGO_ENABLED=0 GOWORK=off GOTOOLCHAIN=local GOFLAGS=-mod=readonly
+
+log() { echo "kind/build-images.sh: $*" >&2; }
+podman() { command podman --runtime runc --cgroup-manager cgroupfs "$@"; }
+
+[ "$(id -u)" = 0 ] || { log "needs root (container storage, debootstrap)"; exit 1; }
+"$here/../testenv/container-tools.sh" --kind
+
+# versions.env is the single source of truth: refuse go.mod files that drifted from it.
+for version in $KIND_KUBERNETES_VERSIONS; do
+	minor="${version%.*}"
+	got="$(cd "$here/k8s/$minor" 2>/dev/null && go list -m -f '{{.Version}}' k8s.io/kubernetes || true)"
+	if [ "$got" != "$version" ]; then
+		log "k8s/$minor/go.mod has k8s.io/kubernetes '${got}' but versions.env says $version; run tests/e2e/kind/bump.sh"
+		exit 1
+	fi
+done
+
+testenv="$("$here/../testenv/build.sh")"
+etcd_bin="$testenv/bin/etcd"
+etcd_tag="$("$etcd_bin" --version | sed -n 's/^etcd Version: \(.*\)$/\1/p')-0"
+
+# Packages of the base root filesystem. haproxy is for the load-balancer image, which shares
+# the base's layers; its service is masked on nodes.
+packages=systemd,systemd-sysv,dbus,containerd,runc,containernetworking-plugins,iptables,iproute2,ethtool,socat,conntrack,kmod,mount,util-linux,ca-certificates,procps,libseccomp2,ebtables,ipset,nftables,haproxy
+base_key="$({ echo "$KIND_DEBIAN_SUITE $packages"; sed -n '/^# base:begin/,/^# base:end/p' "${BASH_SOURCE[0]}"; } | sha256sum | cut -c1-12)"
+# Binaries and image archives are keyed by what they are built from; images by everything.
+bin_key="$({ go version; echo "$etcd_tag"; cat "$here/versions.env" "$here"/k8s/*/go.mod "$here"/k8s/*/go.sum "$here"/tools/go.mod "$here"/tools/go.sum "$here/pause/pause.c"; sed -n '/^# binaries:begin/,/^# binaries:end/p' "${BASH_SOURCE[0]}"; } | sha256sum | cut -c1-12)"
+key="$({ echo "$base_key $bin_key"; cat "${BASH_SOURCE[0]}" "$here/loadbalancer/haproxy.cfg"; (cd "$here/node" && find . -type f | LC_ALL=C sort | xargs sha256sum); } | sha256sum | cut -c1-12)"
+cache="${UC_CACHE_DIR:-$HOME/.cache/upgrade-controller}/kind"
+out="$cache/$key"
+env_file="$out/images.env"
+repo=localhost/uc-kind
+[ -z "${UC_KIND_ONLY:-}" ] || env_file="$out/images-$(echo "$UC_KIND_ONLY" | tr ' ' '_').env"
+if [ -f "$env_file" ]; then
+	ok=1
+	while IFS='=' read -r _ image; do podman image exists "$image" || ok=0; done < <(grep '_IMAGE' "$env_file")
+	if [ $ok = 1 ]; then
+		log "cached images ($env_file)"
+		echo "$env_file"
+		exit 0
+	fi
+fi
+mkdir -p "$out"
+start=$SECONDS
+
+# base:begin
+base_image="$repo/base:$base_key"
+if ! podman image exists "$base_image"; then
+	log "building the base root filesystem ($KIND_DEBIAN_SUITE, debootstrap; cold: several minutes)"
+	rootfs="$cache/rootfs.$base_key.$$"
+	rm -rf "$rootfs"
+	debootstrap --variant=minbase --include="$packages" "$KIND_DEBIAN_SUITE" "$rootfs" http://deb.debian.org/debian >"$cache/debootstrap.log" 2>&1 ||
+		{ tail -20 "$cache/debootstrap.log" >&2; rm -rf "$rootfs"; exit 1; }
+	# A node boots systemd with only what a kubelet needs: no getty, no haproxy, no timers.
+	chroot "$rootfs" systemctl mask haproxy.service getty.target console-getty.service \
+		systemd-udevd.service systemd-udev-trigger.service systemd-networkd-wait-online.service \
+		apt-daily.timer apt-daily-upgrade.timer dpkg-db-backup.timer e2scrub_all.timer fstrim.timer \
+		>/dev/null 2>&1
+	chroot "$rootfs" systemctl enable containerd.service >/dev/null 2>&1
+	rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/* "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/*
+	tar -C "$rootfs" -c . | podman import --quiet --change 'ENV container=docker' --change 'STOPSIGNAL SIGRTMIN+3' - "$base_image" >/dev/null
+	rm -rf "$rootfs"
+fi
+# base:end
+
+# binaries:begin
+# The pod sandbox, and crictl.
+bin="$cache/bin-$bin_key"
+mkdir -p "$bin"
+[ -x "$bin/pause" ] || gcc -static -O2 -o "$bin/pause" "$here/pause/pause.c"
+[ -x "$bin/crictl" ] || (cd "$here/tools" && go build -trimpath -ldflags "-s -w" -o "$bin/" sigs.k8s.io/cri-tools/cmd/crictl)
+
+# One image archive per binary: FROM scratch, the static binary in /usr/local/bin.
+image_archive() { # name tag binary archive
+	local ctr
+	ctr="$(buildah from scratch)"
+	buildah copy --quiet --chmod 0755 "$ctr" "$3" "/usr/local/bin/$(basename "$3")" >/dev/null
+	buildah config --env PATH=/usr/local/bin:/usr/bin:/bin --entrypoint "[\"/usr/local/bin/$(basename "$3")\"]" "$ctr"
+	rm -f "$4"
+	buildah commit --quiet --format docker "$ctr" "docker-archive:$4:registry.k8s.io/$1:$2" >/dev/null
+	buildah rm "$ctr" >/dev/null
+}
+archives="$bin/archives"
+mkdir -p "$archives"
+[ -f "$archives/etcd.tar" ] || image_archive etcd "$etcd_tag" "$etcd_bin" "$archives/etcd.tar"
+[ -f "$archives/pause.tar" ] || image_archive pause 3.10 "$bin/pause" "$archives/pause.tar"
+
+lb_image="$repo/haproxy:$key"
+if ! podman image exists "$lb_image"; then
+	ctr="$(buildah from "$base_image")"
+	buildah copy --quiet "$ctr" "$here/loadbalancer/haproxy.cfg" /usr/local/etc/haproxy/haproxy.cfg >/dev/null
+	buildah config --entrypoint '["haproxy", "-W", "-db", "-f", "/usr/local/etc/haproxy/haproxy.cfg"]' --cmd '' --stop-signal SIGUSR1 "$ctr"
+	buildah commit --quiet "$ctr" "$lb_image" >/dev/null
+	buildah rm "$ctr" >/dev/null
+fi
+{
+	echo "UC_KIND_LB_REPOSITORY=$repo"
+	echo "UC_KIND_LB_TAG=$key"
+	echo "UC_KIND_LB_IMAGE=$lb_image"
+	echo "UC_KIND_ETCD_TAG=$etcd_tag"
+} >"$env_file.tmp"
+
+for version in ${UC_KIND_ONLY:-$KIND_KUBERNETES_VERSIONS}; do
+	minor="${version%.*}"
+	node_image="$repo/node:$version-$key"
+	echo "UC_KIND_NODE_IMAGE_${minor//./_}=$node_image" >>"$env_file.tmp"
+	podman image exists "$node_image" && continue
+
+	kbin="$bin/$version"
+	if [ ! -f "$kbin/complete" ]; then
+		log "building Kubernetes $version (kubelet, kubeadm, kubectl, control plane; cold: several minutes)"
+		# Stamp the version as hack/lib/version.sh does (../testenv/build.sh does the same):
+		# kubeadm refuses to manage a control plane whose version it cannot read.
+		n="${version#v1.}"
+		n="${n%%.*}"
+		kver=""
+		for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+			kver+=" -X $pkg.gitVersion=$version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$n"
+			kver+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+		done
+		mkdir -p "$kbin"
+		(cd "$here/k8s/$minor" && go build -trimpath -ldflags "-s -w $kver" -o "$kbin/" \
+			k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kubeadm k8s.io/kubernetes/cmd/kubectl \
+			k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+			k8s.io/kubernetes/cmd/kube-scheduler)
+		touch "$kbin/complete"
+	fi
+	for c in kube-apiserver kube-controller-manager kube-scheduler; do
+		[ -f "$archives/$c-$version.tar" ] || image_archive "$c" "$version" "$kbin/$c" "$archives/$c-$version.tar"
+	done
+	# binaries:end
+
+	log "assembling $node_image"
+	ctr="$(buildah from "$base_image")"
+	buildah copy --quiet "$ctr" "$here/node/" / >/dev/null
+	buildah copy --quiet --chmod 0755 "$ctr" "$kbin/kubelet" "$kbin/kubeadm" "$kbin/kubectl" /usr/bin/ >/dev/null
+	buildah copy --quiet --chmod 0755 "$ctr" "$bin/crictl" /usr/local/bin/ >/dev/null
+	buildah run --isolation chroot "$ctr" -- systemctl enable kubelet.service >/dev/null 2>&1
+	buildah commit --quiet "$ctr" "$node_image.unseeded" >/dev/null
+	buildah rm "$ctr" >/dev/null
+
+	# Import the images into the node's containerd: run containerd alone in the new image, import,
+	# and commit the result (CAPD's anonymous /var volume starts as a copy of the image's /var).
+	seed="uc-kind-seed-$$"
+	podman rm -f "$seed" >/dev/null 2>&1 || true
+	podman run -d --name "$seed" --privileged --ulimit nofile=1024:1024 --ulimit nproc=1000:1000 \
+		-v "$archives:/archives:ro" --entrypoint /usr/bin/containerd "$node_image.unseeded" >/dev/null
+	for _ in $(seq 100); do podman exec "$seed" ctr version >/dev/null 2>&1 && break; sleep 0.2; done
+	for a in etcd pause kube-apiserver-$version kube-controller-manager-$version kube-scheduler-$version; do
+		podman exec "$seed" ctr -n k8s.io images import "/archives/$a.tar" >/dev/null
+	done
+	podman exec "$seed" ctr -n k8s.io images tag registry.k8s.io/pause:3.10 registry.k8s.io/pause:3.10.1 >/dev/null
+	# containerd ends on SIGTERM (the image's stop signal is systemd's).
+	podman kill --signal TERM "$seed" >/dev/null
+	podman wait "$seed" >/dev/null
+	podman commit --quiet --change 'ENTRYPOINT ["/usr/local/bin/entrypoint", "/sbin/init"]' --change 'CMD []' \
+		"$seed" "$node_image" >/dev/null
+	podman rm -f "$seed" >/dev/null
+	podman rmi "$node_image.unseeded" >/dev/null
+done
+mv "$env_file.tmp" "$env_file"
+# Images of earlier keys are dead weight (a node image is about 1 GB); ones still in use stay.
+podman images --format '{{.Repository}}:{{.Tag}}' | grep "^$repo/" | grep -v -e ":$base_key\$" -e "$key" |
+	xargs -r podman rmi >/dev/null 2>&1 || true
+log "built in $((SECONDS - start))s: $(grep -c _IMAGE "$env_file") images ($env_file)"
+echo "$env_file"
