@@ -8,7 +8,7 @@ export UC_CACHE_DIR
 export CARGO_TARGET_DIR ?= $(UC_CACHE_DIR)/cargo-target
 TESTENV := cargo run --quiet --locked -p e2e --bin testenv --
 
-.PHONY: demo test lint bench image container-tools testenv-build testenv-up testenv-down
+.PHONY: demo test lint bench image container-tools testenv-build testenv-up testenv-down e2e-kind
 
 ## demo: the main job end to end: a local control plane, an in-memory cluster at ACP 4.0
 ## (Kubernetes 1.31), and upgrade-controller taking it to 4.3 one minor at a time.
@@ -74,6 +74,19 @@ container-tools:
 ## testenv-build: build (or find cached) etcd, kube-apiserver, kubectl and the CAPI managers.
 testenv-build:
 	@SECONDS=0; tests/e2e/testenv/build.sh >/dev/null; echo "make testenv-build: ready in $${SECONDS}s"
+
+## e2e-kind: the kind + CAPD suite (tests/e2e/kind/README.md): the upgrade scenario on real
+## kubeadm nodes, CAPD's docker backend, one locally built node image per Kubernetes minor.
+## Not part of `make test`. Needs root; installs debootstrap, buildah and podman when missing.
+e2e-kind: testenv-build
+	@SECONDS=0; tests/e2e/kind/build-images.sh >/dev/null; echo "make e2e-kind: node images ready in $${SECONDS}s"
+	@tests/e2e/kind/podman-service.sh up >/dev/null
+	@was_up=0; $(TESTENV) status >/dev/null 2>&1 && was_up=1; \
+	status=0; SECONDS=0; \
+	cargo test --locked -p e2e --features kind --test kind_capd -- --nocapture || status=$$?; \
+	echo "make e2e-kind: finished in $${SECONDS}s (exit $$status)"; \
+	if [ $$was_up = 0 ]; then $(TESTENV) down || true; fi; \
+	exit $$status
 
 ## testenv-up / testenv-down: run the test control plane by hand;
 ## `eval "$$(make -s testenv-up)"` points kubectl at it.

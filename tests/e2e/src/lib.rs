@@ -27,6 +27,7 @@ pub mod image;
 pub mod kube_ovn;
 pub mod platform;
 pub mod project;
+pub mod scenario;
 pub mod scrape;
 pub mod site;
 pub mod testenv;

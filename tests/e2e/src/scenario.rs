@@ -1,0 +1,505 @@
+//! One upgrade scenario, two machine backends. A cluster named `demo` (one control-plane
+//! machine, pool `pool-a`) goes from the first row of a four-row matrix (one Kubernetes minor
+//! per row, 1.31 to 1.34) to the last through an UpgradeRequest, and the workload cluster's
+//! own API is read throughout: every hop must replace every node, with nodes backed by
+//! Machines at the hop's version.
+//!
+//! - [`Backend::InMemory`]: CAPD's in-memory machines (part of `make test`). Their fake
+//!   kubelets report no version, so a node's version is its Machine's.
+//! - [`Backend::Docker`]: CAPD's docker backend with real kubeadm nodes in containers of the
+//!   node images `tests/e2e/kind/build-images.sh` builds (`make e2e-kind`); each node's kubelet
+//!   must also report the hop's version itself.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{Node, Secret};
+use kube::api::{Api, ListParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use serde_json::{Value, json};
+use upgrade_controller::api::{Phase, PlanStepKind, StepState};
+
+use crate::engine::{self, KCP};
+use crate::harness::{self, TestNamespace};
+use crate::platform::Platform;
+use crate::project::{self, Controller};
+use crate::{capi, fixture, testenv};
+
+/// The scenario's cluster and its one pool.
+pub const CLUSTER: &str = "demo";
+pub const POOL: &str = "demo-pool-a";
+
+/// One matrix row of the scenario: a Distribution Version and its Kubernetes release.
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub dv: String,
+    pub k8s: String,
+    pub image: String,
+    pub etcd: String,
+    pub coredns: String,
+}
+
+/// Where the cluster's machines run.
+pub enum Backend {
+    InMemory,
+    Docker(KindImages),
+}
+
+/// The images of the kind + CAPD suite, as `tests/e2e/kind/build-images.sh` names them.
+#[derive(Debug, Clone)]
+pub struct KindImages {
+    pub lb_repository: String,
+    pub lb_tag: String,
+    pub etcd_tag: String,
+    /// Node image per Kubernetes release of `tests/e2e/kind/versions.env`, in order.
+    pub nodes: Vec<(String, String)>,
+}
+
+/// kubeadm's CoreDNS for each minor (cmd/kubeadm/app/constants), which KCP's webhook accepts
+/// as a CoreDNS version. CoreDNS itself is not deployed (fixture `docker-cluster.yaml`).
+fn coredns_of(minor: u64) -> &'static str {
+    match minor {
+        31 => "v1.11.1",
+        32 => "v1.11.3",
+        33 => "v1.12.0",
+        _ => "v1.12.1",
+    }
+}
+
+fn run_script(args: &[&str]) -> String {
+    let script = project::repo_root().join(args[0]);
+    let out = Command::new(&script)
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "{} failed ({}):\n{}",
+        args.join(" "),
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("script output is UTF-8")
+}
+
+impl KindImages {
+    /// Builds the images (a no-op when they are cached) and starts the Docker API that the
+    /// test control plane's CAPD uses ([`testenv::KIND_DOCKER_HOST`]). Fails, never skips,
+    /// when either cannot be done here.
+    pub fn prepare() -> Self {
+        let env_file = run_script(&["tests/e2e/kind/build-images.sh"]);
+        let docker_host = run_script(&["tests/e2e/kind/podman-service.sh", "up"]);
+        assert_eq!(
+            docker_host.trim(),
+            format!("DOCKER_HOST={}", testenv::KIND_DOCKER_HOST),
+            "the Docker API is not where the test control plane's CAPD looks for it"
+        );
+        let text = std::fs::read_to_string(env_file.trim())
+            .unwrap_or_else(|e| panic!("reading {}: {e}", env_file.trim()));
+        let vars: BTreeMap<&str, &str> = text.lines().filter_map(|l| l.split_once('=')).collect();
+        let get = |k: &str| {
+            vars.get(k)
+                .unwrap_or_else(|| panic!("{} names no {k}", env_file.trim()))
+                .to_string()
+        };
+        let versions =
+            std::fs::read_to_string(project::repo_root().join("tests/e2e/kind/versions.env"))
+                .expect("reading tests/e2e/kind/versions.env");
+        let list = versions
+            .lines()
+            .find_map(|l| l.strip_prefix("KIND_KUBERNETES_VERSIONS="))
+            .expect("versions.env sets KIND_KUBERNETES_VERSIONS")
+            .trim_matches('"');
+        let nodes = list
+            .split_whitespace()
+            .map(|v| {
+                let minor = v.rsplit_once('.').unwrap().0.replace('.', "_");
+                (v.to_string(), get(&format!("UC_KIND_NODE_IMAGE_{minor}")))
+            })
+            .collect();
+        Self {
+            lb_repository: get("UC_KIND_LB_REPOSITORY"),
+            lb_tag: get("UC_KIND_LB_TAG"),
+            etcd_tag: get("UC_KIND_ETCD_TAG"),
+            nodes,
+        }
+    }
+}
+
+impl Backend {
+    fn name(&self) -> &'static str {
+        match self {
+            Backend::InMemory => "in-memory",
+            Backend::Docker(_) => "docker",
+        }
+    }
+
+    /// The four rows, ACP 4.0 to 4.3, one minor each.
+    pub fn rows(&self) -> Vec<Row> {
+        let releases: Vec<(String, String, String)> = match self {
+            Backend::InMemory => ["v1.31.0", "v1.32.2", "v1.33.13", "v1.34.2"]
+                .iter()
+                .map(|v| (v.to_string(), format!("in-memory-{v}"), "3.5.21-0".into()))
+                .collect(),
+            Backend::Docker(images) => images
+                .nodes
+                .iter()
+                .map(|(v, image)| (v.clone(), image.clone(), images.etcd_tag.clone()))
+                .collect(),
+        };
+        assert_eq!(releases.len(), 4, "one release per minor, 1.31 to 1.34");
+        releases
+            .into_iter()
+            .enumerate()
+            .map(|(i, (k8s, image, etcd))| Row {
+                dv: format!("4.{i}.0"),
+                coredns: coredns_of(engine::minor(&k8s)).into(),
+                k8s,
+                image,
+                etcd,
+            })
+            .collect()
+    }
+
+    /// The cluster's objects at `row`, in creation order.
+    fn cluster_objects(&self, row: &Row) -> Vec<Value> {
+        match self {
+            Backend::InMemory => {
+                capi::in_memory_cluster(CLUSTER, &row.k8s, "v131", 1, &[("pool-a", 1)])
+            }
+            Backend::Docker(images) => fixture::render(
+                "docker-cluster.yaml",
+                &[
+                    ("NAME", &CLUSTER),
+                    ("VERSION", &row.k8s),
+                    ("TEMPLATE_SUFFIX", &"v131"),
+                    ("IMAGE", &row.image),
+                    ("ETCD_TAG", &row.etcd),
+                    ("LB_REPOSITORY", &images.lb_repository),
+                    ("LB_TAG", &images.lb_tag),
+                    ("WORKERS", &1),
+                ],
+            ),
+        }
+    }
+
+    /// How long one rollout may take: booting a real node is minutes on two cores.
+    fn rollout_timeout(&self) -> Duration {
+        match self {
+            Backend::InMemory => Duration::from_secs(300),
+            Backend::Docker(_) => Duration::from_secs(900),
+        }
+    }
+}
+
+/// What the workload cluster looked like at one moment: its Nodes (name -> the version its
+/// kubelet reports) and, from the management cluster, each node's Machine version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Snapshot {
+    pub at: Instant,
+    pub kubelets: BTreeMap<String, Option<String>>,
+    pub machines: BTreeMap<String, String>,
+}
+
+/// The version every node of `s` is at, when they agree and each is backed by a Machine at it
+/// (and, where kubelets report one, reports it too).
+fn uniform_version(s: &Snapshot, kubelets_report: bool) -> Option<String> {
+    let mut versions = BTreeSet::new();
+    for (node, kubelet) in &s.kubelets {
+        let machine = s.machines.get(node)?;
+        if kubelets_report && kubelet.as_deref() != Some(machine.as_str()) {
+            return None;
+        }
+        versions.insert(machine.clone());
+    }
+    (versions.len() == 1).then(|| versions.into_iter().next().unwrap())
+}
+
+/// A client of the workload cluster, from CAPI's `<cluster>-kubeconfig` Secret.
+pub async fn workload_client(
+    client: &kube::Client,
+    ns: &str,
+    cluster: &str,
+) -> anyhow::Result<kube::Client> {
+    let secret = Api::<Secret>::namespaced(client.clone(), ns)
+        .get(&format!("{cluster}-kubeconfig"))
+        .await?;
+    let value = secret
+        .data
+        .and_then(|d| d.get("value").cloned())
+        .ok_or_else(|| anyhow::anyhow!("{cluster}-kubeconfig has no data.value"))?;
+    let kubeconfig = Kubeconfig::from_yaml(std::str::from_utf8(&value.0)?)?;
+    let config =
+        kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// Samples the workload cluster once a second until dropped, keeping each distinct picture.
+/// Reads fail while a hop swaps the API server behind the load balancer; they are counted.
+pub struct NodeRecorder {
+    pub snapshots: Arc<Mutex<Vec<Snapshot>>>,
+    pub failed_reads: Arc<Mutex<u32>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for NodeRecorder {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl NodeRecorder {
+    pub fn start(client: &kube::Client, ns: &str) -> Self {
+        let snapshots = Arc::new(Mutex::new(Vec::<Snapshot>::new()));
+        let failed_reads = Arc::new(Mutex::new(0));
+        let (client, ns) = (client.clone(), ns.to_string());
+        let (shots, failed) = (snapshots.clone(), failed_reads.clone());
+        let task = tokio::spawn(async move {
+            let mut workload: Option<kube::Client> = None;
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                if workload.is_none() {
+                    workload = workload_client(&client, &ns, CLUSTER).await.ok();
+                }
+                let Some(w) = &workload else { continue };
+                let nodes = match Api::<Node>::all(w.clone())
+                    .list(&ListParams::default())
+                    .await
+                {
+                    Ok(n) => n.items,
+                    Err(_) => {
+                        *failed.lock().unwrap() += 1;
+                        continue;
+                    }
+                };
+                let Ok(machines) = capi::machine_api(&client, &ns)
+                    .list(&ListParams::default())
+                    .await
+                else {
+                    continue;
+                };
+                let kubelets = nodes
+                    .into_iter()
+                    .map(|n| {
+                        let name = n.metadata.name.unwrap_or_default();
+                        let version = n
+                            .status
+                            .and_then(|s| s.node_info)
+                            .map(|i| i.kubelet_version);
+                        (name, version)
+                    })
+                    .collect();
+                let machines = machines
+                    .items
+                    .iter()
+                    .filter_map(|m| {
+                        let m = serde_json::to_value(m).ok()?;
+                        let node = m["status"]["nodeRef"]["name"].as_str()?.to_string();
+                        Some((node, m["spec"]["version"].as_str()?.to_string()))
+                    })
+                    .collect();
+                let shot = Snapshot {
+                    at: Instant::now(),
+                    kubelets,
+                    machines,
+                };
+                let mut all = shots.lock().unwrap();
+                if all
+                    .last()
+                    .is_none_or(|l| (&l.kubelets, &l.machines) != (&shot.kubelets, &shot.machines))
+                {
+                    all.push(shot);
+                }
+            }
+        });
+        Self {
+            snapshots,
+            failed_reads,
+            task,
+        }
+    }
+}
+
+/// What one run measured.
+#[derive(Debug)]
+pub struct Report {
+    /// Per hop (target version): control-plane and worker step durations.
+    pub hops: Vec<(String, Duration, Duration)>,
+    /// Per version of the chain: the node names that served it.
+    pub nodes: Vec<(String, BTreeSet<String>)>,
+    pub initial_cluster: Duration,
+    pub upgrade: Duration,
+}
+
+/// The scenario. Panics (fails the test) on any deviation; returns the figures.
+pub async fn upgrade_one_minor_at_a_time(backend: &Backend, prefix: &str) -> Report {
+    let client = harness::client().await;
+    project::install(&client).await;
+    let rows = backend.rows();
+    let mut ns: TestNamespace = harness::namespace(&client, prefix).await;
+    let matrix_name = ns.to_string();
+    ns.delete_matrix_with(&matrix_name);
+    let last = rows.len() - 1;
+    let matrix = json!({
+        "apiVersion": "upgrade.cpaas.io/v1alpha1", "kind": "OSSupportMatrix",
+        "metadata": {"name": matrix_name},
+        "spec": {"rows": rows.iter().enumerate().map(|(i, r)| {
+            let mut row = json!({
+                "distributionVersion": r.dv, "kubernetesVersion": r.k8s,
+                "coreDNSImageTag": r.coredns, "etcdImageTag": r.etcd, "osImageVersion": r.image,
+            });
+            if i == last {
+                row["upgradeableFrom"] = json!(["4.0", "4.1", "4.2", "4.3"]);
+                row["compatibleKubernetes"] = json!({"min": "1.31", "max": "1.34"});
+            }
+            row
+        }).collect::<Vec<_>>()},
+    });
+    testenv::apply_cluster_scoped(&client, &[matrix])
+        .await
+        .unwrap();
+
+    let started = Instant::now();
+    capi::create_all(&client, &ns, &backend.cluster_objects(&rows[0]))
+        .await
+        .unwrap();
+    let timeout = backend.rollout_timeout();
+    capi::wait_done("initial control plane", timeout, || {
+        capi::kcp_rollout_pending(&client, &ns, KCP, &rows[0].k8s)
+    })
+    .await
+    .unwrap();
+    capi::wait_done(POOL, timeout, || {
+        capi::md_rollout_pending(&client, &ns, POOL, &rows[0].k8s)
+    })
+    .await
+    .unwrap();
+    let initial_cluster = started.elapsed();
+    eprintln!(
+        "[{}] cluster {CLUSTER} at {} in {initial_cluster:?}",
+        backend.name(),
+        rows[0].k8s
+    );
+
+    let recorder = NodeRecorder::start(&client, &ns);
+    let platform = Platform::start(&client, &ns, CLUSTER, &rows[0].dv, &rows[last].dv).await;
+    ns.delete_with(&platform.namespace);
+    let writes = engine::record_writes(&client, &ns);
+    project::create_request(
+        &client,
+        &ns,
+        "to-4-3",
+        json!({"clusterName": CLUSTER, "targetVersion": "4.3", "matrixRef": matrix_name}),
+    )
+    .await;
+    let controller = Controller::start_with(&ns, &platform.controller_args());
+    let upgrade_started = Instant::now();
+    let ur = project::wait_request(&client, &ns, "to-4-3", timeout * 2 * 3, |ur| {
+        ur.status.as_ref().is_some_and(|s| {
+            matches!(s.phase, Some(Phase::Succeeded | Phase::Stalled))
+                || s.plan.iter().any(|p| p.state == StepState::Failed)
+        })
+    })
+    .await;
+    let upgrade = upgrade_started.elapsed();
+    let status = ur.status.clone().unwrap();
+    assert_eq!(
+        status.phase,
+        Some(Phase::Succeeded),
+        "the request: {:#?}",
+        status
+    );
+    // The nodes of the last hop, read once more after the request finished.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    drop(controller);
+    let snapshots = recorder.snapshots.lock().unwrap().clone();
+    let failed_reads = *recorder.failed_reads.lock().unwrap();
+    drop(recorder);
+
+    // One control-plane step and one worker step per hop, in order.
+    let hops = &rows[1..];
+    assert_eq!(
+        status.plan.len(),
+        2 * hops.len(),
+        "plan: {:#?}",
+        status.plan
+    );
+    let mut report_hops = Vec::new();
+    for (pair, row) in status.plan.chunks(2).zip(hops) {
+        assert_eq!(
+            (pair[0].kind, pair[1].kind),
+            (PlanStepKind::ControlPlane, PlanStepKind::Workers)
+        );
+        for step in pair {
+            assert_eq!(step.kubernetes_version, row.k8s);
+            assert_eq!(step.os_image, row.image);
+            assert_eq!(step.state, StepState::Succeeded);
+        }
+        let took = |s: &upgrade_controller::api::PlanStep| {
+            let (started, finished) = (
+                s.started_at.as_ref().unwrap(),
+                s.finished_at.as_ref().unwrap(),
+            );
+            Duration::try_from(finished.0.duration_since(started.0)).unwrap_or_default()
+        };
+        report_hops.push((row.k8s.clone(), took(&pair[0]), took(&pair[1])));
+    }
+    let writes = writes.lock().unwrap().clone();
+    crate::assert::writes_in_order(
+        &writes,
+        "KubeadmControlPlane",
+        &rows.iter().map(|r| r.k8s.as_str()).collect::<Vec<_>>(),
+    );
+
+    // From the workload cluster's API: for each version of the chain, a moment when every
+    // node ran it; each hop's nodes are all new; the moments come in the chain's order.
+    let kubelets_report = matches!(backend, Backend::Docker(_));
+    let mut nodes: Vec<(String, BTreeSet<String>)> = Vec::new();
+    let mut after = None;
+    for row in &rows {
+        let shot = snapshots
+            .iter()
+            .filter(|s| after.is_none_or(|t| s.at > t))
+            .find(|s| s.kubelets.len() == 2 && uniform_version(s, kubelets_report).as_deref() == Some(&row.k8s))
+            .unwrap_or_else(|| {
+                panic!(
+                    "[{}] no moment when both nodes ran {} (after the previous version's); {} snapshots, {failed_reads} failed reads: {snapshots:#?}",
+                    backend.name(),
+                    row.k8s,
+                    snapshots.len()
+                )
+            });
+        after = Some(shot.at);
+        let names: BTreeSet<String> = shot.kubelets.keys().cloned().collect();
+        if let Some((prev, prev_names)) = nodes.last() {
+            assert!(
+                names.is_disjoint(prev_names),
+                "[{}] nodes {names:?} at {} include nodes of {prev}: {prev_names:?}",
+                backend.name(),
+                row.k8s
+            );
+        }
+        nodes.push((row.k8s.clone(), names));
+    }
+    eprintln!(
+        "[{}] nodes per version: {nodes:?}; {} snapshots, {failed_reads} failed reads",
+        backend.name(),
+        snapshots.len()
+    );
+    for (to, cp, workers) in &report_hops {
+        eprintln!(
+            "[{}] hop to {to}: control plane {cp:?}, workers {workers:?}",
+            backend.name()
+        );
+    }
+    eprintln!("[{}] upgrade 1.31 -> 1.34 took {upgrade:?}", backend.name());
+    ns.finish(&client).await;
+    Report {
+        hops: report_hops,
+        nodes,
+        initial_cluster,
+        upgrade,
+    }
+}
