@@ -46,6 +46,8 @@ done
 
 testenv="$("$here/../testenv/build.sh")"
 etcd_bin="$testenv/bin/etcd"
+# shellcheck source=../testenv/kube-version.sh
+source "$here/../testenv/kube-version.sh"
 etcd_tag="$("$etcd_bin" --version | sed -n 's/^etcd Version: \(.*\)$/\1/p')-0"
 
 # Packages of the base root filesystem. haproxy is for the load-balancer image, which shares
@@ -53,7 +55,7 @@ etcd_tag="$("$etcd_bin" --version | sed -n 's/^etcd Version: \(.*\)$/\1/p')-0"
 packages=systemd,systemd-sysv,dbus,containerd,runc,containernetworking-plugins,iptables,iproute2,ethtool,socat,conntrack,kmod,mount,util-linux,ca-certificates,procps,libseccomp2,ebtables,ipset,nftables,haproxy
 base_key="$({ echo "$KIND_DEBIAN_SUITE $packages"; sed -n '/^# base:begin/,/^# base:end/p' "${BASH_SOURCE[0]}"; } | sha256sum | cut -c1-12)"
 # Binaries and image archives are keyed by what they are built from; images by everything.
-bin_key="$({ go version; echo "$etcd_tag"; cat "$here/versions.env" "$here"/k8s/*/go.mod "$here"/k8s/*/go.sum "$here"/tools/go.mod "$here"/tools/go.sum "$here/pause/pause.c"; sed -n '/^# binaries:begin/,/^# binaries:end/p' "${BASH_SOURCE[0]}"; } | sha256sum | cut -c1-12)"
+bin_key="$({ go version; echo "$etcd_tag"; cat "$here/versions.env" "$here/../testenv/kube-version.sh" "$here"/k8s/*/go.mod "$here"/k8s/*/go.sum "$here"/tools/go.mod "$here"/tools/go.sum "$here/pause/pause.c"; sed -n '/^# binaries:begin/,/^# binaries:end/p' "${BASH_SOURCE[0]}"; } | sha256sum | cut -c1-12)"
 key="$({ echo "$base_key $bin_key"; cat "${BASH_SOURCE[0]}" "$here/loadbalancer/haproxy.cfg"; (cd "$here/node" && find . -type f | LC_ALL=C sort | xargs sha256sum); } | sha256sum | cut -c1-12)"
 cache="${UC_CACHE_DIR:-$HOME/.cache/upgrade-controller}/kind"
 out="$cache/$key"
@@ -113,6 +115,23 @@ archives="$bin/archives"
 mkdir -p "$archives"
 [ -f "$archives/etcd.tar" ] || image_archive etcd "$etcd_tag" "$etcd_bin" "$archives/etcd.tar"
 [ -f "$archives/pause.tar" ] || image_archive pause 3.10 "$bin/pause" "$archives/pause.tar"
+for version in ${UC_KIND_ONLY:-$KIND_KUBERNETES_VERSIONS}; do
+	minor="${version%.*}"
+	kbin="$bin/$version"
+	if [ ! -f "$kbin/complete" ]; then
+		log "building Kubernetes $version (kubelet, kubeadm, kubectl, control plane; cold: several minutes)"
+		mkdir -p "$kbin"
+		(cd "$here/k8s/$minor" && go build -trimpath -ldflags "-s -w $(kube_version_ldflags "$version")" -o "$kbin/" \
+			k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kubeadm k8s.io/kubernetes/cmd/kubectl \
+			k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+			k8s.io/kubernetes/cmd/kube-scheduler)
+		touch "$kbin/complete"
+	fi
+	for c in kube-apiserver kube-controller-manager kube-scheduler; do
+		[ -f "$archives/$c-$version.tar" ] || image_archive "$c" "$version" "$kbin/$c" "$archives/$c-$version.tar"
+	done
+done
+# binaries:end
 
 lb_image="$repo/haproxy:$key"
 if ! podman image exists "$lb_image"; then
@@ -136,29 +155,6 @@ for version in ${UC_KIND_ONLY:-$KIND_KUBERNETES_VERSIONS}; do
 	podman image exists "$node_image" && continue
 
 	kbin="$bin/$version"
-	if [ ! -f "$kbin/complete" ]; then
-		log "building Kubernetes $version (kubelet, kubeadm, kubectl, control plane; cold: several minutes)"
-		# Stamp the version as hack/lib/version.sh does (../testenv/build.sh does the same):
-		# kubeadm refuses to manage a control plane whose version it cannot read.
-		n="${version#v1.}"
-		n="${n%%.*}"
-		kver=""
-		for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-			kver+=" -X $pkg.gitVersion=$version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$n"
-			kver+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
-		done
-		mkdir -p "$kbin"
-		(cd "$here/k8s/$minor" && go build -trimpath -ldflags "-s -w $kver" -o "$kbin/" \
-			k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kubeadm k8s.io/kubernetes/cmd/kubectl \
-			k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-			k8s.io/kubernetes/cmd/kube-scheduler)
-		touch "$kbin/complete"
-	fi
-	for c in kube-apiserver kube-controller-manager kube-scheduler; do
-		[ -f "$archives/$c-$version.tar" ] || image_archive "$c" "$version" "$kbin/$c" "$archives/$c-$version.tar"
-	done
-	# binaries:end
-
 	log "assembling $node_image"
 	ctr="$(buildah from "$base_image")"
 	buildah copy --quiet "$ctr" "$here/node/" / >/dev/null

@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -84,6 +85,21 @@ fn run_script(args: &[&str]) -> String {
     String::from_utf8(out.stdout).expect("script output is UTF-8")
 }
 
+/// The Kubernetes releases of the scenario, one per minor: `KIND_KUBERNETES_VERSIONS` of
+/// `tests/e2e/kind/versions.env`, which both backends use.
+fn kind_versions() -> Vec<String> {
+    let path = project::repo_root().join("tests/e2e/kind/versions.env");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    text.lines()
+        .find_map(|l| l.strip_prefix("KIND_KUBERNETES_VERSIONS="))
+        .expect("versions.env sets KIND_KUBERNETES_VERSIONS")
+        .trim_matches('"')
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
 impl KindImages {
     /// Builds the images (a no-op when they are cached) and starts the Docker API that the
     /// test control plane's CAPD uses ([`testenv::KIND_DOCKER_HOST`]). Fails, never skips,
@@ -104,19 +120,12 @@ impl KindImages {
                 .unwrap_or_else(|| panic!("{} names no {k}", env_file.trim()))
                 .to_string()
         };
-        let versions =
-            std::fs::read_to_string(project::repo_root().join("tests/e2e/kind/versions.env"))
-                .expect("reading tests/e2e/kind/versions.env");
-        let list = versions
-            .lines()
-            .find_map(|l| l.strip_prefix("KIND_KUBERNETES_VERSIONS="))
-            .expect("versions.env sets KIND_KUBERNETES_VERSIONS")
-            .trim_matches('"');
-        let nodes = list
-            .split_whitespace()
+        let nodes = kind_versions()
+            .into_iter()
             .map(|v| {
                 let minor = v.rsplit_once('.').unwrap().0.replace('.', "_");
-                (v.to_string(), get(&format!("UC_KIND_NODE_IMAGE_{minor}")))
+                let image = get(&format!("UC_KIND_NODE_IMAGE_{minor}"));
+                (v, image)
             })
             .collect();
         Self {
@@ -139,9 +148,12 @@ impl Backend {
     /// The four rows, ACP 4.0 to 4.3, one minor each.
     pub fn rows(&self) -> Vec<Row> {
         let releases: Vec<(String, String, String)> = match self {
-            Backend::InMemory => ["v1.31.0", "v1.32.2", "v1.33.13", "v1.34.2"]
-                .iter()
-                .map(|v| (v.to_string(), format!("in-memory-{v}"), "3.5.21-0".into()))
+            Backend::InMemory => kind_versions()
+                .into_iter()
+                .map(|v| {
+                    let image = format!("in-memory-{v}");
+                    (v, image, "3.5.21-0".into())
+                })
                 .collect(),
             Backend::Docker(images) => images
                 .nodes
@@ -240,7 +252,7 @@ pub async fn workload_client(
 /// Reads fail while a hop swaps the API server behind the load balancer; they are counted.
 pub struct NodeRecorder {
     pub snapshots: Arc<Mutex<Vec<Snapshot>>>,
-    pub failed_reads: Arc<Mutex<u32>>,
+    pub failed_reads: Arc<AtomicU32>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -253,7 +265,7 @@ impl Drop for NodeRecorder {
 impl NodeRecorder {
     pub fn start(client: &kube::Client, ns: &str) -> Self {
         let snapshots = Arc::new(Mutex::new(Vec::<Snapshot>::new()));
-        let failed_reads = Arc::new(Mutex::new(0));
+        let failed_reads = Arc::new(AtomicU32::new(0));
         let (client, ns) = (client.clone(), ns.to_string());
         let (shots, failed) = (snapshots.clone(), failed_reads.clone());
         let task = tokio::spawn(async move {
@@ -270,7 +282,7 @@ impl NodeRecorder {
                 {
                     Ok(n) => n.items,
                     Err(_) => {
-                        *failed.lock().unwrap() += 1;
+                        failed.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
                 };
@@ -396,7 +408,9 @@ pub async fn upgrade_one_minor_at_a_time(backend: &Backend, prefix: &str) -> Rep
     .await;
     let controller = Controller::start_with(&ns, &platform.controller_args());
     let upgrade_started = Instant::now();
-    let ur = project::wait_request(&client, &ns, "to-4-3", timeout * 2 * 3, |ur| {
+    // Two rollouts (control plane, workers) per hop.
+    let rollouts = 2 * (rows.len() as u32 - 1);
+    let ur = project::wait_request(&client, &ns, "to-4-3", timeout * rollouts, |ur| {
         ur.status.as_ref().is_some_and(|s| {
             matches!(s.phase, Some(Phase::Succeeded | Phase::Stalled))
                 || s.plan.iter().any(|p| p.state == StepState::Failed)
@@ -415,7 +429,7 @@ pub async fn upgrade_one_minor_at_a_time(backend: &Backend, prefix: &str) -> Rep
     tokio::time::sleep(Duration::from_secs(3)).await;
     drop(controller);
     let snapshots = recorder.snapshots.lock().unwrap().clone();
-    let failed_reads = *recorder.failed_reads.lock().unwrap();
+    let failed_reads = recorder.failed_reads.load(Ordering::Relaxed);
     drop(recorder);
 
     // One control-plane step and one worker step per hop, in order.

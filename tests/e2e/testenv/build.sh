@@ -38,7 +38,7 @@ check_pin apiserver go.etcd.io/etcd/server/v3 "$ETCD_VERSION"
 check_pin capi sigs.k8s.io/cluster-api "$CAPI_VERSION"
 check_pin capi sigs.k8s.io/cluster-api/test "$CAPI_VERSION"
 
-key="$(cd "$here" && { go version; cat versions.env apiserver/go.mod apiserver/go.sum apiserver/etcd/main.go capi/go.mod capi/go.sum flux/go.mod flux/go.sum build.sh; } | sha256sum | cut -c1-16)"
+key="$(cd "$here" && { go version; cat versions.env apiserver/go.mod apiserver/go.sum apiserver/etcd/main.go capi/go.mod capi/go.sum flux/go.mod flux/go.sum build.sh kube-version.sh; } | sha256sum | cut -c1-16)"
 cache="${UC_CACHE_DIR:-$HOME/.cache/upgrade-controller}/testenv"
 out="$cache/$key"
 bins=(etcd kube-apiserver kube-controller-manager kubectl capi-manager capi-kubeadm-bootstrap-manager capi-kubeadm-control-plane-manager capd-manager helm kustomize-controller)
@@ -59,15 +59,9 @@ mkdir -p "$tmp/bin" "$tmp/manifests/crd" "$tmp/manifests/webhook" "$tmp/manifest
 trap 'rm -rf "$tmp"' EXIT
 start=$SECONDS
 
-# Stamp the real Kubernetes version (as hack/lib/version.sh does): an unstamped build reports
-# v0.0.0, which CAPI and kubectl's version-skew checks reject or misread.
-minor="${KUBERNETES_VERSION#v1.}"
-minor="${minor%%.*}"
-kver=""
-for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
-	kver+=" -X $pkg.gitVersion=$KUBERNETES_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
-	kver+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
-done
+# shellcheck source=kube-version.sh
+source "$here/kube-version.sh"
+kver="$(kube_version_ldflags "$KUBERNETES_VERSION")"
 
 log "building etcd $ETCD_VERSION, kube-apiserver, kube-controller-manager and kubectl $KUBERNETES_VERSION (cold: several minutes)"
 (cd "$here/apiserver" && go build -trimpath -ldflags "-s -w $kver" -o "$tmp/bin/" \
