@@ -559,9 +559,12 @@ async fn reconcile_request(cached: &UpgradeRequest, ctx: &Context) -> Result<Act
     if decide::plan_frozen(&status) || decided.write.is_some() {
         finalizer::add_finalizer(&requests, ur).await?;
     }
+    // What the write did besides its own objects, announced once the status is recorded.
+    let mut side_events = Vec::new();
     if let Some(write) = &decided.write {
         match apply::execute(sources, ur, &status, &obs, write).await {
             Ok(applied) => {
+                side_events.clone_from(&applied.events);
                 match write {
                     // Found asking for the target already, or handed to Git: recorded,
                     // nothing written.
@@ -611,6 +614,11 @@ async fn reconcile_request(cached: &UpgradeRequest, ctx: &Context) -> Result<Act
         lock(&ctx.written).insert(uid, rv);
         ctx.metrics.steps_finished(&stored, &status);
         publish_changes(ctx, ur, &stored, &status).await;
+        let reference = ur.object_ref(&());
+        for (reason, message) in side_events {
+            ctx.event(&reference, EventType::Normal, reason, message)
+                .await;
+        }
     }
     if let Outcome::Stalled(s) = &outcome {
         warn!(reason = %s.reason, "stalled: {}", s.message);

@@ -266,21 +266,72 @@ fn caches(kcp_version: &str, kcp_template: &str) -> Caches {
     c
 }
 
-/// The workload cluster's API (discovery only: it is reachable).
-fn workload() -> MockApi {
-    MockApi::new(|s| {
-        (s.method == Method::GET && s.path == "/apis").then(|| {
-            (
+const BINDINGS: &str = "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings";
+const BINDING: &str =
+    "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings/kubeadm:apiserver-kubelet-client";
+
+/// What the workload cluster's API holds and allows.
+#[derive(Clone, Copy, PartialEq)]
+enum Workload {
+    /// No `kubeadm:apiserver-kubelet-client` binding yet; its create succeeds.
+    WithoutBinding,
+    /// The binding exists (kubeadm or a person made it).
+    WithBinding,
+    /// Its kubeconfig may not touch ClusterRoleBindings.
+    Forbidden,
+}
+
+/// The workload cluster's API: discovery (it is reachable) and the kubelet-client binding.
+fn workload(kind: Workload) -> MockApi {
+    let mut binding = (kind == Workload::WithBinding).then(|| {
+        json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": "kubeadm:apiserver-kubelet-client", "resourceVersion": "3"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                        "name": "system:kubelet-api-admin"},
+        })
+    });
+    MockApi::new(move |s| {
+        let forbidden = || {
+            Some((
+                StatusCode::FORBIDDEN,
+                status_body(403, "Forbidden", "clusterrolebindings is forbidden"),
+            ))
+        };
+        match (s.method.clone(), s.path.as_str()) {
+            (Method::GET, "/apis") => Some((
                 StatusCode::OK,
                 json!({"kind": "APIGroupList", "groups": []}),
-            )
-        })
+            )),
+            (_, BINDING | BINDINGS) if kind == Workload::Forbidden => forbidden(),
+            (Method::GET, BINDING) => binding.clone().map(|b| (StatusCode::OK, b)),
+            // The body is protobuf (controller/src/apply/kubelet_access.rs); what it decodes
+            // to is shown against a real API server (tests/e2e/tests/upgrade_scenario.rs).
+            (Method::POST, BINDINGS) => {
+                binding = Some(json!({"metadata": {"name": "kubeadm:apiserver-kubelet-client"}}));
+                Some((StatusCode::CREATED, binding.clone().unwrap()))
+            }
+            _ => None,
+        }
     })
 }
 
+/// The workload cluster requests about ClusterRoleBindings (the preflight's discovery aside).
+fn binding_calls(workload: &MockApi) -> Vec<String> {
+    workload
+        .calls()
+        .into_iter()
+        .filter(|c| c.contains(BINDINGS))
+        .collect()
+}
+
 fn context(api: &MockApi, caches: Caches) -> Arc<Context> {
+    context_with(api, caches, &workload(Workload::WithoutBinding))
+}
+
+fn context_with(api: &MockApi, caches: Caches, workload: &MockApi) -> Arc<Context> {
     let workloads = WorkloadClients::default();
-    workloads.insert(NS, "c", "1", workload().client());
+    workloads.insert(NS, "c", "1", workload.client());
     Arc::new(Context::new(Sources {
         client: api.client(),
         caches,
@@ -372,7 +423,9 @@ fn step_start_calls(clone: &str, conflict: bool) -> Vec<String> {
         // The hop's preflight: the workload kubeconfig, the template it would clone.
         "GET /api/v1/namespaces/ns/secrets/c-kubeconfig".to_string(),
         format!("GET {TEMPLATES}/t"),
-        // The step start: the source template, the clone (absent), its create.
+        // The step start: the workload kubeconfig again (for the kubelet-client binding), the
+        // source template, the clone (absent), its create.
+        "GET /api/v1/namespaces/ns/secrets/c-kubeconfig".to_string(),
         format!("GET {TEMPLATES}/t"),
         format!("GET {TEMPLATES}/{clone}"),
         format!("POST {TEMPLATES}"),
@@ -398,9 +451,17 @@ fn clone_name(seen: &[Seen]) -> String {
 /// checks the request order and returns what the mock saw and the clone's name.
 async fn start_step(create: StatusCode) -> (Vec<Seen>, String) {
     let (api, caches, ur) = setup(create, StatusCode::OK);
-    driver::reconcile(Arc::new(ur), context(&api, caches))
+    let workload = workload(Workload::WithoutBinding);
+    driver::reconcile(Arc::new(ur), context_with(&api, caches, &workload))
         .await
         .expect("reconcile");
+    // Before the KCP write, the binding the new nodes' kube-apiserver needs, created once.
+    assert_eq!(
+        binding_calls(&workload),
+        vec![format!("GET {BINDING}"), format!("POST {BINDINGS}")],
+        "{:#?}",
+        workload.seen()
+    );
     let seen = api.seen();
     let clone = clone_name(&seen);
     let conflict = create == StatusCode::CONFLICT;
@@ -437,6 +498,52 @@ async fn a_step_start_reads_the_template_creates_the_clone_applies_the_kcp_then_
     assert!(
         seen.iter().any(|s| s.path == EVENTS),
         "step start is an Event"
+    );
+    assert!(
+        seen.iter()
+            .any(|s| s.path == EVENTS && s.body["reason"] == "KubeletClientAccessGranted"),
+        "the binding's creation is an Event: {seen:#?}"
+    );
+}
+
+#[tokio::test]
+async fn an_existing_kubelet_client_binding_is_left_alone() {
+    let (api, caches, ur) = setup(StatusCode::CREATED, StatusCode::OK);
+    let workload = workload(Workload::WithBinding);
+    driver::reconcile(Arc::new(ur), context_with(&api, caches, &workload))
+        .await
+        .expect("reconcile");
+    assert_eq!(binding_calls(&workload), vec![format!("GET {BINDING}")]);
+    assert!(api.calls().contains(&format!("PATCH {KCP}")));
+    assert!(
+        !api.seen()
+            .iter()
+            .any(|s| s.path == EVENTS && s.body["reason"] == "KubeletClientAccessGranted"),
+        "nothing was created, nothing is announced"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_kubelet_client_binding_stalls_before_any_write_with_the_command() {
+    let (api, caches, ur) = setup(StatusCode::CREATED, StatusCode::OK);
+    let workload = workload(Workload::Forbidden);
+    driver::reconcile(Arc::new(ur), context_with(&api, caches, &workload))
+        .await
+        .expect("a stall is recorded, not an error");
+    // No clone, no KCP write.
+    let (status, stalled) = stalled_writing_only_status(&api);
+    assert_eq!(
+        stalled["reason"], "KubeletClientAccessRefused",
+        "{status:#}"
+    );
+    let message = stalled["message"].as_str().unwrap();
+    assert!(
+        message.contains("kubectl create clusterrolebinding kubeadm:apiserver-kubelet-client --clusterrole=system:kubelet-api-admin --user=kube-apiserver-kubelet-client"),
+        "{message}"
+    );
+    assert_eq!(
+        status["status"]["plan"][0]["state"], "Pending",
+        "{status:#}"
     );
 }
 
@@ -490,7 +597,7 @@ async fn a_failed_status_write_after_the_kcp_write_resumes_without_a_second_clon
         standby: None,
         workloads: {
             let w = WorkloadClients::default();
-            w.insert(NS, "c", "1", workload().client());
+            w.insert(NS, "c", "1", workload(Workload::WithBinding).client());
             w
         },
         claims: Claims::default(),
@@ -524,6 +631,37 @@ async fn a_failed_status_write_after_the_kcp_write_resumes_without_a_second_clon
     );
 }
 
+/// Asserts the reconcile wrote nothing but the request's status, in phase `Stalled`; returns
+/// that status and its `Stalled` condition.
+fn stalled_writing_only_status(api: &MockApi) -> (Value, Value) {
+    let seen = api.seen();
+    let writes: Vec<String> = seen
+        .iter()
+        .filter(|s| s.is_write() && s.path != EVENTS)
+        .map(Seen::line)
+        .collect();
+    assert_eq!(
+        writes,
+        vec![format!("PATCH {REQUESTS}/status")],
+        "{seen:#?}"
+    );
+    let status = seen
+        .iter()
+        .find(|s| s.path.ends_with("/status"))
+        .unwrap()
+        .body
+        .clone();
+    assert_eq!(status["status"]["phase"], "Stalled", "{status:#}");
+    let stalled = status["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Stalled")
+        .unwrap()
+        .clone();
+    (status, stalled)
+}
+
 #[tokio::test]
 async fn a_stall_writes_only_status() {
     let caches = caches("v1.32.7", "t");
@@ -536,29 +674,7 @@ async fn a_stall_writes_only_status() {
     driver::reconcile(Arc::new(ur), context(&api, caches))
         .await
         .expect("reconcile");
-    let seen = api.seen();
-    let writes: Vec<String> = seen
-        .iter()
-        .filter(|s| s.is_write() && s.path != EVENTS)
-        .map(Seen::line)
-        .collect();
-    assert_eq!(
-        writes,
-        vec![format!("PATCH {REQUESTS}/status")],
-        "{seen:#?}"
-    );
-    let status = &seen
-        .iter()
-        .find(|s| s.path.ends_with("/status"))
-        .unwrap()
-        .body;
-    assert_eq!(status["status"]["phase"], "Stalled");
-    let stalled = status["status"]["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == "Stalled")
-        .unwrap();
+    let (_, stalled) = stalled_writing_only_status(&api);
     assert_eq!(stalled["reason"], "ClusterNotFound");
 }
 

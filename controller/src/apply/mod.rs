@@ -6,6 +6,7 @@
 
 pub mod finalizer;
 pub mod kube_ovn;
+pub mod kubelet_access;
 mod templates;
 
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
@@ -90,6 +91,9 @@ pub struct Applied {
     pub wrote: bool,
     /// `Handoff` mode: the fields Git must declare instead, for `status.declareInGit`.
     pub handed_off: Vec<GitDeclaration>,
+    /// Normal Events for the request (reason, message): what was done besides the step's own
+    /// writes, such as a binding created in the workload cluster.
+    pub events: Vec<(&'static str, String)>,
 }
 
 /// Carries out `write`.
@@ -113,14 +117,14 @@ pub async fn execute(
             }
             Ok(Applied {
                 wrote: *write,
-                handed_off: Vec::new(),
+                ..Applied::default()
             })
         }
         Write::Start { index, pools } => {
             if status.plan.get(*index).map(|s| s.kind) == Some(PlanStepKind::KubeOvn) {
                 return kube_ovn::start(sources, ur, status, obs, *index).await;
             }
-            start_step(client, ur, status, obs, *index, pools).await
+            start_step(sources, ur, status, obs, *index, pools).await
         }
     }
 }
@@ -149,13 +153,14 @@ async fn request_extensions(
 /// `Handoff` mode is not written: its clones are made, and the write's fields are returned
 /// for Git to declare.
 async fn start_step(
-    client: &Client,
+    sources: &Sources,
     ur: &UpgradeRequest,
     status: &UpgradeRequestStatus,
     obs: &Observed,
     index: usize,
     pools: &[String],
 ) -> Result<Applied, Error> {
+    let client = &sources.client;
     let mut applied = Applied::default();
     let ns = ur.namespace().unwrap_or_default();
     let step = &status.plan[index];
@@ -197,6 +202,29 @@ async fn start_step(
                 )
                 .into());
             };
+            // Before KCP (or Git) rolls the first machine: the new nodes' kube-apiserver
+            // needs it to reach any kubelet ([`kubelet_access`]).
+            if kubelet_access::needed_for(minor) {
+                let cluster_name = &ur.spec.cluster_name;
+                let workload = sources
+                    .workloads
+                    .client(client, &ns, cluster_name)
+                    .await
+                    .map_err(|u| Stall::new(StallReason::Api(u.reason), u.message))?;
+                if kubelet_access::ensure(&workload, cluster_name).await?
+                    == kubelet_access::Ensured::Created
+                {
+                    applied.events.push((
+                        "KubeletClientAccessGranted",
+                        format!(
+                            "created ClusterRoleBinding {} ({} → ClusterRole {}) in workload cluster {cluster_name}: kubeadm {version} joins control-plane nodes whose kube-apiserver relies on it to reach kubelets, and this Cluster API version does not create it",
+                            kubelet_access::BINDING,
+                            kubelet_access::USER,
+                            kubelet_access::CLUSTER_ROLE,
+                        ),
+                    ));
+                }
+            }
             let tref = templates::ensure_clone(
                 client,
                 &ns,

@@ -17,10 +17,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Node, Secret};
+use k8s_openapi::api::rbac::v1::ClusterRoleBinding;
 use kube::api::{Api, ListParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use serde_json::{Value, json};
 use upgrade_controller::api::{Phase, PlanStepKind, StepState};
+use upgrade_controller::apply::kubelet_access;
 
 use crate::engine::{self, KCP};
 use crate::harness::{self, TestNamespace};
@@ -395,6 +397,28 @@ pub async fn upgrade_one_minor_at_a_time(backend: &Backend, prefix: &str) -> Rep
         rows[0].k8s
     );
 
+    // Cluster API v1.10 never creates the kube-apiserver's kubelet-client binding that kubeadm
+    // from May 2026 relies on (controller/src/apply/kubelet_access.rs): the controller does.
+    // (Listed, not read by name: CAPI's in-memory API server answers a missing object's read
+    // with a body that is not a Status, so kube cannot tell that 404 from other errors.)
+    let workload = workload_client(&client, &ns, CLUSTER).await.unwrap();
+    let bindings: Api<ClusterRoleBinding> = Api::all(workload);
+    let kubelet_binding = async || {
+        bindings
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .find(|b| b.metadata.name.as_deref() == Some(kubelet_access::BINDING))
+    };
+    assert!(
+        kubelet_binding().await.is_none(),
+        "[{}] {} exists before the upgrade",
+        backend.name(),
+        kubelet_access::BINDING
+    );
+
     let recorder = NodeRecorder::start(&client, &ns);
     let platform = Platform::start(&client, &ns, CLUSTER, &rows[0].dv, &rows[last].dv).await;
     ns.delete_with(&platform.namespace);
@@ -431,6 +455,19 @@ pub async fn upgrade_one_minor_at_a_time(backend: &Backend, prefix: &str) -> Rep
     let snapshots = recorder.snapshots.lock().unwrap().clone();
     let failed_reads = recorder.failed_reads.load(Ordering::Relaxed);
     drop(recorder);
+
+    let binding = kubelet_binding().await.unwrap_or_else(|| {
+        panic!(
+            "[{}] the controller did not create {}",
+            backend.name(),
+            kubelet_access::BINDING
+        )
+    });
+    assert_eq!(
+        serde_json::to_value(&binding.role_ref).unwrap(),
+        serde_json::to_value(kubelet_access::binding().role_ref).unwrap()
+    );
+    assert_eq!(binding.subjects, kubelet_access::binding().subjects);
 
     // One control-plane step and one worker step per hop, in order.
     let hops = &rows[1..];
