@@ -160,6 +160,8 @@ for version in ${UC_KIND_ONLY:-$KIND_KUBERNETES_VERSIONS}; do
 	buildah copy --quiet "$ctr" "$here/node/" / >/dev/null
 	buildah copy --quiet --chmod 0755 "$ctr" "$kbin/kubelet" "$kbin/kubeadm" "$kbin/kubectl" /usr/bin/ >/dev/null
 	buildah copy --quiet --chmod 0755 "$ctr" "$bin/crictl" /usr/local/bin/ >/dev/null
+	# kind reads a node image's Kubernetes release from /kind/version (management.sh).
+	buildah run --isolation chroot "$ctr" -- sh -c "mkdir -p /kind && echo $version >/kind/version"
 	buildah run --isolation chroot "$ctr" -- systemctl enable kubelet.service >/dev/null 2>&1
 	buildah commit --quiet "$ctr" "$node_image.unseeded" >/dev/null
 	buildah rm "$ctr" >/dev/null

@@ -40,7 +40,7 @@ async fn docker_backed_cluster_upgrades_1_31_to_1_34_on_real_kubeadm_nodes() {
     let stale = cluster_containers();
     assert!(
         stale.is_empty(),
-        "containers of an earlier run's cluster {} are still there: {stale:?}; remove them with `podman rm -f {}`",
+        "containers of an earlier run's cluster {} are still there: {stale:?}; remove them with `podman --runtime runc --cgroup-manager cgroupfs rm -f {}` (plain `podman rm` uses crun, which fails here)",
         scenario::CLUSTER,
         stale.join(" ")
     );
