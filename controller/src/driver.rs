@@ -147,6 +147,9 @@ impl Context {
     }
 }
 
+/// The Event reason of a kubelet-client binding the controller created ([`apply::prepare`]).
+const GRANTED: &str = "KubeletClientAccessGranted";
+
 /// The status write: server-side apply of the whole status under this controller's field
 /// manager, so a list that became empty (a plan re-made to no steps) is emptied on the server.
 /// Returns the request's new resourceVersion; `None` when the request is gone.
@@ -559,12 +562,20 @@ async fn reconcile_request(cached: &UpgradeRequest, ctx: &Context) -> Result<Act
     if decide::plan_frozen(&status) || decided.write.is_some() {
         finalizer::add_finalizer(&requests, ur).await?;
     }
-    // What the write did besides its own objects, announced once the status is recorded.
-    let mut side_events = Vec::new();
     if let Some(write) = &decided.write {
-        match apply::execute(sources, ur, &status, &obs, write).await {
+        let applied = match apply::prepare(sources, ur, &status, write).await {
+            Ok(granted) => {
+                if let Some(note) = granted {
+                    let reference = ur.object_ref(&());
+                    ctx.event(&reference, EventType::Normal, GRANTED, note)
+                        .await;
+                }
+                apply::execute(sources, ur, &status, &obs, write).await
+            }
+            Err(e) => Err(e),
+        };
+        match applied {
             Ok(applied) => {
-                side_events.clone_from(&applied.events);
                 match write {
                     // Found asking for the target already, or handed to Git: recorded,
                     // nothing written.
@@ -614,11 +625,6 @@ async fn reconcile_request(cached: &UpgradeRequest, ctx: &Context) -> Result<Act
         lock(&ctx.written).insert(uid, rv);
         ctx.metrics.steps_finished(&stored, &status);
         publish_changes(ctx, ur, &stored, &status).await;
-        let reference = ur.object_ref(&());
-        for (reason, message) in side_events {
-            ctx.event(&reference, EventType::Normal, reason, message)
-                .await;
-        }
     }
     if let Outcome::Stalled(s) = &outcome {
         warn!(reason = %s.reason, "stalled: {}", s.message);

@@ -279,6 +279,8 @@ enum Workload {
     WithBinding,
     /// Its kubeconfig may not touch ClusterRoleBindings.
     Forbidden,
+    /// No binding yet, and its create is answered with this code.
+    CreateAnswers(u16),
 }
 
 /// The workload cluster's API: discovery (it is reachable) and the kubelet-client binding.
@@ -304,6 +306,10 @@ fn workload(kind: Workload) -> MockApi {
                 json!({"kind": "APIGroupList", "groups": []}),
             )),
             (_, BINDING | BINDINGS) if kind == Workload::Forbidden => forbidden(),
+            (Method::POST, BINDINGS) if let Workload::CreateAnswers(code) = kind => Some((
+                StatusCode::from_u16(code).unwrap(),
+                status_body(code, "Failure", "the workload cluster said no"),
+            )),
             (Method::GET, BINDING) => binding.clone().map(|b| (StatusCode::OK, b)),
             // The body is protobuf (controller/src/apply/kubelet_access.rs); what it decodes
             // to is shown against a real API server (tests/e2e/tests/upgrade_scenario.rs).
@@ -562,10 +568,14 @@ async fn a_failed_status_write_after_the_kcp_write_resumes_without_a_second_clon
     assert_eq!(err.reason(), "APIServerError");
     let seen = api.seen();
     let clone = clone_name(&seen);
-    assert!(
-        !seen.iter().any(|s| s.path == EVENTS),
-        "nothing is announced that was not recorded: {seen:#?}"
-    );
+    // Nothing is announced that was not recorded; the binding made in the workload cluster
+    // exists whatever happened after, and is announced once (a retry finds it present).
+    let events: Vec<&Value> = seen
+        .iter()
+        .filter(|s| s.path == EVENTS)
+        .map(|s| &s.body["reason"])
+        .collect();
+    assert_eq!(events, vec!["KubeletClientAccessGranted"], "{seen:#?}");
     // The KCP write landed (the watch brings it into the cache); status still says Pending.
     let kcp_write = seen.iter().find(|s| s.path == KCP).unwrap().body.clone();
     let mut landed = kcp("v1.33.7", &clone);
@@ -579,7 +589,7 @@ async fn a_failed_status_write_after_the_kcp_write_resumes_without_a_second_clon
         let clone_path = format!("{TEMPLATES}/{clone}");
         let created = seen
             .iter()
-            .find(|s| s.method == Method::POST)
+            .find(|s| s.method == Method::POST && s.path == TEMPLATES)
             .unwrap()
             .body
             .clone();
@@ -660,6 +670,41 @@ fn stalled_writing_only_status(api: &MockApi) -> (Value, Value) {
         .unwrap()
         .clone();
     (status, stalled)
+}
+
+#[tokio::test]
+async fn a_kubelet_client_binding_create_that_a_retry_cannot_fix_stalls_and_one_that_may_retries() {
+    for (code, reason) in [
+        (401, Some("WorkloadCredentialsRejected")),
+        (422, Some("KubeletClientBindingFailed")),
+        (503, None),
+    ] {
+        let (api, caches, ur) = setup(StatusCode::CREATED, StatusCode::OK);
+        let workload = workload(Workload::CreateAnswers(code));
+        let result = driver::reconcile(Arc::new(ur), context_with(&api, caches, &workload)).await;
+        match reason {
+            Some(reason) => {
+                result.unwrap_or_else(|e| panic!("{code}: a stall, not an error: {e}"));
+                let (_, stalled) = stalled_writing_only_status(&api);
+                assert_eq!(stalled["reason"], reason, "{code}: {stalled:#}");
+                assert!(
+                    stalled["message"]
+                        .as_str()
+                        .unwrap()
+                        .contains("the workload cluster said no"),
+                    "{code}: the server's own words: {stalled:#}"
+                );
+            }
+            None => {
+                let err = result.expect_err("a 503 is retried");
+                assert!(err.is_transient(), "{code}: {err}");
+                assert!(
+                    !api.calls().contains(&format!("PATCH {KCP}")),
+                    "{code}: no KCP write before the binding"
+                );
+            }
+        }
+    }
 }
 
 #[tokio::test]

@@ -79,7 +79,7 @@ pub async fn start(
     }
     Ok(Applied {
         wrote: true,
-        ..Applied::default()
+        handed_off: Vec::new(),
     })
 }
 

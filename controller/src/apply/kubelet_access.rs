@@ -1,5 +1,5 @@
 //! The workload cluster's `kubeadm:apiserver-kubelet-client` ClusterRoleBinding, made sure of
-//! before every control-plane step.
+//! when each control-plane step starts ([`super::prepare`]).
 //!
 //! kubeadm's patch releases from May 2026 on (kubernetes/kubernetes#138957, cherry-picked to
 //! the 1.33, 1.34, 1.35 and 1.36 branches) no longer put the kube-apiserver's kubelet client
@@ -21,12 +21,12 @@
 //! leave an existing one alone, for every target below 1.38 whatever its patch release (a
 //! kubeadm older than the change already has these rights through its group, so the binding
 //! widens nothing). It is written with the workload cluster's own kubeconfig (CAPI's
-//! `<cluster>-kubeconfig` Secret, [`crate::observe::workload`]), so it reaches only the
-//! request's own cluster (DESIGN.md "Security model").
+//! `<cluster>-kubeconfig` Secret, [`crate::observe::workload`]): only that Secret's own
+//! credentials go with it, never the controller's (DESIGN.md "Security model").
 
 use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleRef, Subject};
 use kube::Client;
-use kube::api::{GetParams, ObjectMeta};
+use kube::api::{GetParams, ObjectMeta, PostParams};
 use kube::core::{Request, Status};
 use tracing::info;
 
@@ -75,6 +75,8 @@ pub fn binding_protobuf() -> Vec<u8> {
     fn message(fields: &[(u8, &[u8])]) -> Vec<u8> {
         let mut out = Vec::new();
         for (number, bytes) in fields {
+            // One-byte tags: every field number here is below 16.
+            debug_assert!(*number < 16);
             // Wire type 2 (length-delimited): strings, bytes and embedded messages alike.
             out.push((number << 3) | 2);
             let mut len = bytes.len();
@@ -118,8 +120,9 @@ pub enum Ensured {
 }
 
 /// Creates the binding in the workload cluster `cluster` (`workload` is its client) unless a
-/// binding of that name exists. Refused (401/403) becomes a stall naming the command an
-/// administrator of that cluster can run instead; other API errors are returned for a retry.
+/// binding of that name exists. A refusal, rejected credentials or any other answer a retry
+/// cannot change becomes a stall that says what to do; a transient failure (5xx, 408, 429,
+/// no connection) is returned for a retry with backoff.
 pub async fn ensure(workload: &Client, cluster: &str) -> Result<Ensured, Error> {
     let request = Request::new("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings");
     let get = request
@@ -128,7 +131,7 @@ pub async fn ensure(workload: &Client, cluster: &str) -> Result<Ensured, Error> 
     match answer(workload, get).await? {
         (200, _) => return Ok(Ensured::Present),
         (404, _) => {}
-        (code, message) => return Err(refused_or_failed(cluster, "read", code, message)),
+        (code, message) => return Err(failed(cluster, "read", code, message)),
     }
     info!(
         cluster,
@@ -137,24 +140,34 @@ pub async fn ensure(workload: &Client, cluster: &str) -> Result<Ensured, Error> 
     );
     // Protobuf: every API server takes it for built-in kinds, and CAPI's in-memory API server
     // (the test suites' workload clusters) takes nothing else for a create.
-    let create = http::Request::post(format!(
-        "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings?fieldManager={}",
-        crate::FIELD_MANAGER.replace('/', "%2F")
-    ))
-    .header(
+    let params = PostParams {
+        field_manager: Some(crate::FIELD_MANAGER.into()),
+        ..PostParams::default()
+    };
+    let mut create = request
+        .create(&params, binding_protobuf())
+        .map_err(kube::Error::BuildRequest)?;
+    let headers = create.headers_mut();
+    headers.insert(
         http::header::CONTENT_TYPE,
-        "application/vnd.kubernetes.protobuf",
-    )
-    .header(http::header::ACCEPT, "application/json")
-    .body(binding_protobuf())
-    .map_err(|e| kube::Error::BuildRequest(kube::core::request::Error::BuildRequest(e)))?;
+        http::HeaderValue::from_static("application/vnd.kubernetes.protobuf"),
+    );
+    headers.insert(
+        http::header::ACCEPT,
+        http::HeaderValue::from_static("application/json"),
+    );
     match answer(workload, create).await? {
         (200..=299, _) => Ok(Ensured::Created),
         // Made in between (by KCP of a newer Cluster API, or by a person): theirs stands.
         (409, _) => Ok(Ensured::Present),
-        (code, message) => Err(refused_or_failed(cluster, "create", code, message)),
+        (code, message) => Err(failed(cluster, "create", code, message)),
     }
 }
+
+/// At most this much of an error answer is read, and at most [`MESSAGE_KEPT`] of its message
+/// is kept: the server is whatever the tenant's kubeconfig Secret names.
+const BODY_READ: usize = 64 * 1024;
+const MESSAGE_KEPT: usize = 1024;
 
 /// Sends `request` and returns the HTTP status code with the error message, if any. Not
 /// kube's typed calls: they take an error's code from its body, and CAPI's in-memory API
@@ -164,13 +177,27 @@ async fn answer(
     workload: &Client,
     request: http::Request<Vec<u8>>,
 ) -> Result<(u16, String), Error> {
+    use http_body::Body as _;
     let response = workload.send(request.map(kube::client::Body::from)).await?;
     let code = response.status().as_u16();
     if response.status().is_success() {
         return Ok((code, String::new()));
     }
-    let body = response.into_body().collect_bytes().await?;
-    let message = serde_json::from_slice::<serde_json::Value>(&body)
+    let mut stream = response.into_body();
+    let mut body = Vec::new();
+    while body.len() < BODY_READ {
+        let frame = std::future::poll_fn(|cx| std::pin::Pin::new(&mut stream).poll_frame(cx));
+        match frame.await {
+            Some(frame) => {
+                if let Ok(data) = frame?.into_data() {
+                    body.extend_from_slice(&data);
+                }
+            }
+            None => break,
+        }
+    }
+    body.truncate(BODY_READ);
+    let mut message = serde_json::from_slice::<serde_json::Value>(&body)
         .ok()
         .and_then(|v| {
             v.get("message")
@@ -179,35 +206,60 @@ async fn answer(
                 .map(str::to_string)
         })
         .unwrap_or_else(|| String::from_utf8_lossy(&body).trim().to_string());
+    if message.len() > MESSAGE_KEPT {
+        let mut end = MESSAGE_KEPT;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push('…');
+    }
     Ok((code, message))
 }
 
-fn refused_or_failed(cluster: &str, verb: &str, code: u16, message: String) -> Error {
-    if code == 401 || code == 403 {
-        return Stall::new(
-            StallReason::Api("KubeletClientAccessRefused"),
-            format!(
-                "the new control-plane nodes' kube-apiserver needs ClusterRoleBinding {BINDING} in workload cluster {cluster} (kubeadm no longer grants its kubelet client these rights through a group, and this Cluster API version does not create the binding), but the cluster's kubeconfig may not {verb} it: {message} ({code}). Create it as an administrator of that cluster: kubectl create clusterrolebinding {BINDING} --clusterrole={CLUSTER_ROLE} --user={USER}"
-            ),
-        )
-        .into();
-    }
-    let reason = if code >= 500 {
-        "InternalError"
-    } else {
-        "Invalid"
+/// The error for an answer `code` to the binding's `verb`: a retry for what may pass by
+/// itself, a stall with the fix for the rest.
+fn failed(cluster: &str, verb: &str, code: u16, message: String) -> Error {
+    let stall = |reason: &'static str, text: String| -> Error {
+        Stall::new(StallReason::Api(reason), text).into()
     };
-    kube::Error::Api(
-        Status::failure(
-            &format!(
-                "{verb} ClusterRoleBinding {BINDING} in workload cluster {cluster}: {message}"
+    let by_hand = format!(
+        "kubectl create clusterrolebinding {BINDING} --clusterrole={CLUSTER_ROLE} --user={USER}"
+    );
+    let why = format!(
+        "the new control-plane nodes' kube-apiserver needs ClusterRoleBinding {BINDING} in workload cluster {cluster} (kubeadm no longer grants its kubelet client these rights through a group, and this Cluster API version does not create the binding)"
+    );
+    match code {
+        401 => stall(
+            "WorkloadCredentialsRejected",
+            format!(
+                "{why}, but workload cluster {cluster} rejected the credentials of its kubeconfig Secret ({cluster}-kubeconfig) on the binding's {verb}: {message} (401). Renew the Secret's credentials; the step starts once they are accepted"
             ),
-            reason,
+        ),
+        403 => stall(
+            "KubeletClientAccessRefused",
+            format!(
+                "{why}, but the cluster's kubeconfig may not {verb} it: {message} (403). Create it as an administrator of that cluster: {by_hand}"
+            ),
+        ),
+        408 | 429 | 500.. => kube::Error::Api(
+            Status::failure(
+                &format!(
+                    "workload cluster {cluster}, {verb} of ClusterRoleBinding {BINDING}: {message}"
+                ),
+                "ServerTimeout",
+            )
+            .with_code(code)
+            .boxed(),
         )
-        .with_code(code)
-        .boxed(),
-    )
-    .into()
+        .into(),
+        _ => stall(
+            "KubeletClientBindingFailed",
+            format!(
+                "{why}, but workload cluster {cluster} answered its {verb} with {code}: {message}. Create it there by hand: {by_hand}"
+            ),
+        ),
+    }
 }
 
 #[cfg(test)]

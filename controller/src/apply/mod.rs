@@ -91,9 +91,50 @@ pub struct Applied {
     pub wrote: bool,
     /// `Handoff` mode: the fields Git must declare instead, for `status.declareInGit`.
     pub handed_off: Vec<GitDeclaration>,
-    /// Normal Events for the request (reason, message): what was done besides the step's own
-    /// writes, such as a binding created in the workload cluster.
-    pub events: Vec<(&'static str, String)>,
+}
+
+/// What a step start needs in the workload cluster before [`execute`]: for a control-plane
+/// step below 1.38, the kube-apiserver's kubelet-client binding ([`kubelet_access`]), also
+/// in `Handoff` mode, where Git writes the KubeadmControlPlane. Returns the note of an Event
+/// to publish at once when the binding was created (the binding exists from then on, whatever
+/// happens to the rest of the step start, and a retry finds it present).
+pub async fn prepare(
+    sources: &Sources,
+    ur: &UpgradeRequest,
+    status: &UpgradeRequestStatus,
+    write: &Write,
+) -> Result<Option<String>, Error> {
+    let Write::Start { index, .. } = write else {
+        return Ok(None);
+    };
+    let Some(step) = status.plan.get(*index) else {
+        return Ok(None);
+    };
+    let version = step.kubernetes_version.as_str();
+    let Ok(target) = KubeVersion::parse(version) else {
+        return Ok(None);
+    };
+    if step.kind != PlanStepKind::ControlPlane || !kubelet_access::needed_for(target.minor()) {
+        return Ok(None);
+    }
+    let ns = ur.namespace().unwrap_or_default();
+    let cluster = &ur.spec.cluster_name;
+    let workload = sources
+        .workloads
+        .client(&sources.client, &ns, cluster)
+        .await
+        .map_err(|u| Stall::new(StallReason::Api(u.reason), u.message))?;
+    Ok(
+        (kubelet_access::ensure(&workload, cluster).await? == kubelet_access::Ensured::Created)
+            .then(|| {
+                format!(
+                    "created ClusterRoleBinding {} ({} → ClusterRole {}) in workload cluster {cluster}: kubeadm {version} joins control-plane nodes whose kube-apiserver relies on it to reach kubelets, and this Cluster API version does not create it",
+                    kubelet_access::BINDING,
+                    kubelet_access::USER,
+                    kubelet_access::CLUSTER_ROLE,
+                )
+            }),
+    )
 }
 
 /// Carries out `write`.
@@ -117,7 +158,7 @@ pub async fn execute(
             }
             Ok(Applied {
                 wrote: *write,
-                ..Applied::default()
+                handed_off: Vec::new(),
             })
         }
         Write::Start { index, pools } => {
@@ -202,29 +243,6 @@ async fn start_step(
                 )
                 .into());
             };
-            // Before KCP (or Git) rolls the first machine: the new nodes' kube-apiserver
-            // needs it to reach any kubelet ([`kubelet_access`]).
-            if kubelet_access::needed_for(minor) {
-                let cluster_name = &ur.spec.cluster_name;
-                let workload = sources
-                    .workloads
-                    .client(client, &ns, cluster_name)
-                    .await
-                    .map_err(|u| Stall::new(StallReason::Api(u.reason), u.message))?;
-                if kubelet_access::ensure(&workload, cluster_name).await?
-                    == kubelet_access::Ensured::Created
-                {
-                    applied.events.push((
-                        "KubeletClientAccessGranted",
-                        format!(
-                            "created ClusterRoleBinding {} ({} → ClusterRole {}) in workload cluster {cluster_name}: kubeadm {version} joins control-plane nodes whose kube-apiserver relies on it to reach kubelets, and this Cluster API version does not create it",
-                            kubelet_access::BINDING,
-                            kubelet_access::USER,
-                            kubelet_access::CLUSTER_ROLE,
-                        ),
-                    ));
-                }
-            }
             let tref = templates::ensure_clone(
                 client,
                 &ns,
