@@ -348,9 +348,24 @@ fn events_tell_the_story(events: &[EventRow], ur: &UpgradeRequest) {
         progress, history,
         "Progress events and status.history differ"
     );
+    // CAPI v1.10 never creates the kubelet-client binding: the first control-plane step does,
+    // once (controller/src/apply/kubelet_access.rs).
+    let granted = events
+        .iter()
+        .filter(|e| e.reason == "KubeletClientAccessGranted")
+        .count();
+    assert_eq!(granted, 1, "kubelet-client binding Events: {events:#?}");
     let others: Vec<&EventRow> = events
         .iter()
-        .filter(|e| !["Progress", "PhaseChanged", "PreflightBlocked"].contains(&e.reason.as_str()))
+        .filter(|e| {
+            ![
+                "Progress",
+                "PhaseChanged",
+                "PreflightBlocked",
+                "KubeletClientAccessGranted",
+            ]
+            .contains(&e.reason.as_str())
+        })
         .collect();
     assert!(others.is_empty(), "unexpected Events: {others:#?}");
 }
