@@ -563,18 +563,14 @@ async fn reconcile_request(cached: &UpgradeRequest, ctx: &Context) -> Result<Act
         finalizer::add_finalizer(&requests, ur).await?;
     }
     if let Some(write) = &decided.write {
-        let applied = match apply::prepare(sources, ur, &status, write).await {
-            Ok(granted) => {
-                if let Some(note) = granted {
-                    let reference = ur.object_ref(&());
-                    ctx.event(&reference, EventType::Normal, GRANTED, note)
-                        .await;
-                }
-                apply::execute(sources, ur, &status, &obs, write).await
+        let applied = async {
+            if let Some(note) = apply::prepare(sources, ur, &status, write).await? {
+                ctx.event(&ur.object_ref(&()), EventType::Normal, GRANTED, note)
+                    .await;
             }
-            Err(e) => Err(e),
+            apply::execute(sources, ur, &status, &obs, write).await
         };
-        match applied {
+        match applied.await {
             Ok(applied) => {
                 match write {
                     // Found asking for the target already, or handed to Git: recorded,

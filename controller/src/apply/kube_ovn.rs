@@ -91,11 +91,7 @@ async fn revision_patch(
     cluster: &str,
     chart: &str,
 ) -> Result<(), Error> {
-    let workload = sources
-        .workloads
-        .client(&sources.client, ns, cluster)
-        .await
-        .map_err(|u| Stall::new(StallReason::Api(u.reason), u.message))?;
+    let workload = super::workload_client(sources, ns, cluster).await?;
     let api = Api::<DynamicObject>::namespaced_with(
         workload,
         &sources.kube_ovn_namespace,

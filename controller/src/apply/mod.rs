@@ -119,11 +119,7 @@ pub async fn prepare(
     }
     let ns = ur.namespace().unwrap_or_default();
     let cluster = &ur.spec.cluster_name;
-    let workload = sources
-        .workloads
-        .client(&sources.client, &ns, cluster)
-        .await
-        .map_err(|u| Stall::new(StallReason::Api(u.reason), u.message))?;
+    let workload = workload_client(sources, &ns, cluster).await?;
     Ok(
         (kubelet_access::ensure(&workload, cluster).await? == kubelet_access::Ensured::Created)
             .then(|| {
@@ -135,6 +131,20 @@ pub async fn prepare(
                 )
             }),
     )
+}
+
+/// The client of `cluster`'s workload cluster, for a write there; a kubeconfig that cannot be
+/// read or is refused stalls the request.
+pub(crate) async fn workload_client(
+    sources: &Sources,
+    ns: &str,
+    cluster: &str,
+) -> Result<Client, Error> {
+    sources
+        .workloads
+        .client(&sources.client, ns, cluster)
+        .await
+        .map_err(|u| Stall::new(StallReason::Api(u.reason), u.message).into())
 }
 
 /// Carries out `write`.
@@ -165,7 +175,7 @@ pub async fn execute(
             if status.plan.get(*index).map(|s| s.kind) == Some(PlanStepKind::KubeOvn) {
                 return kube_ovn::start(sources, ur, status, obs, *index).await;
             }
-            start_step(sources, ur, status, obs, *index, pools).await
+            start_step(client, ur, status, obs, *index, pools).await
         }
     }
 }
@@ -194,14 +204,13 @@ async fn request_extensions(
 /// `Handoff` mode is not written: its clones are made, and the write's fields are returned
 /// for Git to declare.
 async fn start_step(
-    sources: &Sources,
+    client: &Client,
     ur: &UpgradeRequest,
     status: &UpgradeRequestStatus,
     obs: &Observed,
     index: usize,
     pools: &[String],
 ) -> Result<Applied, Error> {
-    let client = &sources.client;
     let mut applied = Applied::default();
     let ns = ur.namespace().unwrap_or_default();
     let step = &status.plan[index];
