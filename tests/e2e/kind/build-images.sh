@@ -8,6 +8,13 @@
 #                                            control-plane, etcd and pause images kubeadm runs
 #   localhost/uc-kind/haproxy:<key>          CAPD's load balancer (haproxy with CAPD's config path)
 #
+# In each node's containerd, besides its own release's control plane, are the kube-proxy images
+# of its own, the previous and the next minor (KCP moves kube-proxy to the new minor once the
+# control plane has rolled, while the old workers still run), and every CoreDNS of
+# versions.env: the controller leaves CoreDNS to the platform's providers (KCP's skip-coredns),
+# so the cluster's first CoreDNS keeps running on every later node. Nothing can be pulled here;
+# a node elsewhere would pull them.
+#
 # and prints the path of an env file naming them (UC_KIND_NODE_IMAGE_<minor>=..., and
 # UC_KIND_LB_REPOSITORY / UC_KIND_LB_TAG). Everything is keyed by the pins, the Go module files
 # and the files baked in, and cached outside the repository: Kubernetes binaries under
@@ -15,12 +22,14 @@
 #
 #   etcd (v3.5, one image for every minor)  ../testenv/build.sh's etcd binary
 #   kube-* (per minor)                      k8s/<minor>/ (bump.sh), version-stamped as there
+#   kube-proxy (per minor)                  the same, with the base's iptables and conntrack only
+#   CoreDNS (kubeadm's, per minor)          `go install` of KIND_COREDNS_VERSIONS
 #   pause                                   pause/pause.c, linked statically
 #   crictl                                  tools/ (CAPD runs `crictl ps` in a new node)
 #   base root filesystem                    debootstrap from Debian's packages
 #
 # UC_KIND_ONLY="v1.33.13" builds only the node images it names (the env file then names only
-# those). Needs root, buildah, podman (runc) and debootstrap (../testenv/container-tools.sh
+# those; the neighbouring releases are built for their addon images). Needs root, buildah, podman (runc) and debootstrap (../testenv/container-tools.sh
 # --kind installs them).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -115,16 +124,38 @@ archives="$bin/archives"
 mkdir -p "$archives"
 [ -f "$archives/etcd.tar" ] || image_archive etcd "$etcd_tag" "$etcd_bin" "$archives/etcd.tar"
 [ -f "$archives/pause.tar" ] || image_archive pause 3.10 "$bin/pause" "$archives/pause.tar"
+# Releases and CoreDNS versions by index (KIND_COREDNS_VERSIONS[i] is kubeadm's for release i).
+read -r -a releases <<<"$KIND_KUBERNETES_VERSIONS"
+read -r -a corednses <<<"$KIND_COREDNS_VERSIONS"
+[ "${#releases[@]}" = "${#corednses[@]}" ] || { log "versions.env: one CoreDNS version per Kubernetes release"; exit 1; }
+index_of() { local i; for i in "${!releases[@]}"; do [ "${releases[$i]}" = "$1" ] && { echo "$i"; return; }; done; log "$1 is not in KIND_KUBERNETES_VERSIONS"; exit 1; }
+# The indexes next to $1's (itself included).
+neighbours() { local i; i="$(index_of "$1")"; for j in $((i - 1)) "$i" $((i + 1)); do [ "$j" -ge 0 ] && [ "$j" -lt "${#releases[@]}" ] && echo "$j"; done; }
+wanted=()
 for version in ${UC_KIND_ONLY:-$KIND_KUBERNETES_VERSIONS}; do
+	index_of "$version" >/dev/null # exits on a release versions.env does not name
+	for j in $(neighbours "$version"); do wanted[$j]=1; done
+done
+for v in "${corednses[@]}"; do
+	if [ ! -f "$archives/coredns-$v.tar" ]; then
+		log "building CoreDNS $v (cold: several minutes)"
+		mkdir -p "$bin/coredns-$v"
+		# `go install pkg@version` builds with CoreDNS's own go.mod and go.sum, as helm is built.
+		GOFLAGS= GOBIN="$bin/coredns-$v" go install -trimpath -ldflags "-s -w" "github.com/coredns/coredns@$v"
+		image_archive coredns/coredns "$v" "$bin/coredns-$v/coredns" "$archives/coredns-$v.tar"
+	fi
+done
+for j in "${!wanted[@]}"; do
+	version="${releases[$j]}"
 	minor="${version%.*}"
 	kbin="$bin/$version"
 	if [ ! -f "$kbin/complete" ]; then
-		log "building Kubernetes $version (kubelet, kubeadm, kubectl, control plane; cold: several minutes)"
+		log "building Kubernetes $version (kubelet, kubeadm, kubectl, control plane, kube-proxy; cold: several minutes)"
 		mkdir -p "$kbin"
 		(cd "$here/k8s/$minor" && go build -trimpath -ldflags "-s -w $(kube_version_ldflags "$version")" -o "$kbin/" \
 			k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kubeadm k8s.io/kubernetes/cmd/kubectl \
 			k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
-			k8s.io/kubernetes/cmd/kube-scheduler)
+			k8s.io/kubernetes/cmd/kube-scheduler k8s.io/kubernetes/cmd/kube-proxy)
 		touch "$kbin/complete"
 	fi
 	for c in kube-apiserver kube-controller-manager kube-scheduler; do
@@ -147,6 +178,53 @@ fi
 	echo "UC_KIND_LB_IMAGE=$lb_image"
 	echo "UC_KIND_ETCD_TAG=$etcd_tag"
 } >"$env_file.tmp"
+
+# kube-proxy's image: the binary and, from the base root filesystem, what its proxiers run
+# (iptables/ip6tables and their -save/-restore through xtables-nft-multi, the node's own
+# backend; nft, which it calls to clean up nftables rules; conntrack), the xtables extensions
+# iptables loads at run time, every library those need (ldd in the base), and /etc/protocols.
+kube_proxy_archive() { # version archive
+	local ctr mnt stage f
+	stage="$(mktemp -d)"
+	ctr="$(buildah from "$base_image")"
+	mnt="$(buildah mount "$ctr")"
+	local files=(usr/sbin/xtables-nft-multi usr/sbin/nft usr/sbin/conntrack etc/protocols etc/ethertypes)
+	mapfile -t -O "${#files[@]}" files < <(cd "$mnt" && ls -d usr/lib/x86_64-linux-gnu/xtables/*.so)
+	# Each library by the name the loader asks for and by the file it resolves to.
+	mapfile -t -O "${#files[@]}" files < <(
+		chroot "$mnt" sh -c 'for f in "$@"; do ldd "/$f"; done' sh "${files[@]}" |
+			sed -n 's#.*=> \(/[^ ]*\) .*#\1#p; s#^[[:space:]]*\(/[^ ]*\) (.*#\1#p' | sort -u |
+			while read -r lib; do
+				echo "usr/lib/x86_64-linux-gnu/$(basename "$lib")"
+				chroot "$mnt" readlink -f "$lib" | sed 's#^/##'
+			done | sort -u
+	)
+	for f in "${files[@]}"; do
+		(cd "$mnt" && cp -a --parents "$f" "$stage/")
+	done
+	buildah umount "$ctr" >/dev/null
+	buildah rm "$ctr" >/dev/null
+	mkdir -p "$stage/usr/lib64"
+	ln -s ../lib/x86_64-linux-gnu/ld-linux-x86-64.so.2 "$stage/usr/lib64/ld-linux-x86-64.so.2"
+	for f in bin sbin lib lib64; do ln -s "usr/$f" "$stage/$f"; done
+	for f in iptables iptables-save iptables-restore ip6tables ip6tables-save ip6tables-restore; do
+		ln -s xtables-nft-multi "$stage/usr/sbin/$f"
+	done
+	install -D -m 0755 "$bin/$1/kube-proxy" "$stage/usr/local/bin/kube-proxy"
+	ctr="$(buildah from scratch)"
+	buildah copy --quiet "$ctr" "$stage/" / >/dev/null
+	buildah config --env PATH=/usr/local/bin:/usr/sbin:/usr/bin --entrypoint '["/usr/local/bin/kube-proxy"]' "$ctr"
+	rm -f "$2.tmp"
+	buildah commit --quiet --format docker "$ctr" "docker-archive:$2.tmp:registry.k8s.io/kube-proxy:$1" >/dev/null
+	buildah rm "$ctr" >/dev/null
+	rm -rf "$stage"
+	mv "$2.tmp" "$2"
+}
+proxies="$out/kube-proxy"
+mkdir -p "$proxies"
+for j in "${!wanted[@]}"; do
+	[ -f "$proxies/${releases[$j]}.tar" ] || kube_proxy_archive "${releases[$j]}" "$proxies/${releases[$j]}.tar"
+done
 
 for version in ${UC_KIND_ONLY:-$KIND_KUBERNETES_VERSIONS}; do
 	minor="${version%.*}"
@@ -171,9 +249,12 @@ for version in ${UC_KIND_ONLY:-$KIND_KUBERNETES_VERSIONS}; do
 	seed="uc-kind-seed-$$"
 	podman rm -f "$seed" >/dev/null 2>&1 || true
 	podman run -d --name "$seed" --privileged --ulimit nofile=1024:1024 --ulimit nproc=1000:1000 \
-		-v "$archives:/archives:ro" --entrypoint /usr/bin/containerd "$node_image.unseeded" >/dev/null
+		-v "$archives:/archives:ro" -v "$proxies:/proxies:ro" --entrypoint /usr/bin/containerd "$node_image.unseeded" >/dev/null
 	for _ in $(seq 100); do podman exec "$seed" ctr version >/dev/null 2>&1 && break; sleep 0.2; done
-	for a in etcd pause kube-apiserver-$version kube-controller-manager-$version kube-scheduler-$version; do
+	imports=(etcd pause "kube-apiserver-$version" "kube-controller-manager-$version" "kube-scheduler-$version")
+	for j in $(neighbours "$version"); do imports+=("../proxies/${releases[$j]}"); done
+	for v in "${corednses[@]}"; do imports+=("coredns-$v"); done
+	for a in "${imports[@]}"; do
 		podman exec "$seed" ctr -n k8s.io images import "/archives/$a.tar" >/dev/null
 	done
 	podman exec "$seed" ctr -n k8s.io images tag registry.k8s.io/pause:3.10 registry.k8s.io/pause:3.10.1 >/dev/null

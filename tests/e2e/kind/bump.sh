@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Rewrites k8s/<minor>/go.mod and go.sum, one Go module per Kubernetes minor of versions.env,
-# each building that release's kubelet, kubeadm, kubectl and control-plane binaries.
+# each building that release's kubelet, kubeadm, kubectl, control-plane binaries and kube-proxy.
 # Usage: edit versions.env, run tests/e2e/kind/bump.sh, commit the result.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -30,7 +30,7 @@ for version in $KIND_KUBERNETES_VERSIONS; do
 		echo "godebug default=go${go_line%.*}"
 		echo
 		echo "tool ("
-		for cmd in kubeadm kubelet kubectl kube-apiserver kube-controller-manager kube-scheduler; do
+		for cmd in kubeadm kubelet kubectl kube-apiserver kube-controller-manager kube-scheduler kube-proxy; do
 			echo "	k8s.io/kubernetes/cmd/$cmd"
 		done
 		echo ")"
