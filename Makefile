@@ -75,17 +75,16 @@ container-tools:
 testenv-build:
 	@SECONDS=0; tests/e2e/testenv/build.sh >/dev/null; echo "make testenv-build: ready in $${SECONDS}s"
 
-## e2e-kind: the kind + CAPD suite (tests/e2e/kind/README.md): the upgrade scenario on real
-## kubeadm nodes, CAPD's docker backend, one locally built node image per Kubernetes minor.
-## Not part of `make test`. Needs root; installs debootstrap, buildah and podman when missing.
+## e2e-kind: the kind + CAPD suite (tests/e2e/kind/README.md): a kind management cluster with
+## Cluster API's managers in pods and the controller installed by its chart, upgrading a CAPD
+## docker-backed cluster on real kubeadm nodes, one locally built node image per Kubernetes
+## minor. Not part of `make test`. Needs root; installs debootstrap, buildah and podman when
+## missing. The kind cluster stays up for the next run (`tests/e2e/kind/management.sh down`).
 e2e-kind: testenv-build
 	@SECONDS=0; tests/e2e/kind/build-images.sh >/dev/null; echo "make e2e-kind: node images ready in $${SECONDS}s"
-	@tests/e2e/kind/podman-service.sh up >/dev/null
-	@was_up=0; $(TESTENV) status >/dev/null 2>&1 && was_up=1; \
-	status=0; SECONDS=0; \
+	@status=0; SECONDS=0; \
 	cargo test --locked -p e2e --features kind --test kind_capd -- --nocapture || status=$$?; \
 	echo "make e2e-kind: finished in $${SECONDS}s (exit $$status)"; \
-	if [ $$was_up = 0 ]; then $(TESTENV) down || true; fi; \
 	exit $$status
 
 ## testenv-up / testenv-down: run the test control plane by hand;

@@ -179,10 +179,10 @@ fn local_args(objects: &[Value], ns: &str, label: &str) -> Vec<String> {
 
 /// The helm of the test control plane's build, run in the repository root.
 pub fn helm() -> std::process::Command {
-    let helm = harness::env().helm();
+    let helm = harness::build_dir().join("bin/helm");
     assert!(
         helm.exists(),
-        "{} is missing: the running test control plane predates helm in tests/e2e/testenv/build.sh; run `make testenv-down` and retry",
+        "{} is missing: the test control plane's build predates helm in tests/e2e/testenv/build.sh; run `make testenv-down testenv-build` and retry",
         helm.display()
     );
     let mut cmd = std::process::Command::new(&helm);
@@ -307,7 +307,7 @@ impl Installed {
             ns,
         ])
         .arg("--kubeconfig")
-        .arg(&harness::env().kubeconfig);
+        .arg(harness::kubeconfig());
         for s in set {
             cmd.args(["--set", s]);
         }
@@ -329,7 +329,7 @@ impl Installed {
             &self.namespace,
         ])
         .arg("--kubeconfig")
-        .arg(&harness::env().kubeconfig);
+        .arg(harness::kubeconfig());
         objects(&mut cmd, "helm get manifest")
     }
 
@@ -351,7 +351,7 @@ impl Drop for Installed {
         let out = helm()
             .args(["uninstall", &self.name, "--namespace", &self.namespace])
             .arg("--kubeconfig")
-            .arg(&harness::env().kubeconfig)
+            .arg(harness::kubeconfig())
             .output();
         match out {
             Ok(o) if o.status.success() => {}

@@ -1,6 +1,7 @@
 //! Test harness: one environment per test run, shared by every test (and reused across test
 //! binaries while it stays healthy). A missing prerequisite fails the test; nothing is skipped.
 
+use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use k8s_openapi::api::core::v1::Namespace;
@@ -9,6 +10,57 @@ use kube::api::{Api, PostParams};
 use crate::testenv::{self, Running};
 
 static ENV: OnceLock<Result<Running, String>> = OnceLock::new();
+
+/// The admin kubeconfig of a management cluster other than the test control plane (the kind
+/// suite's, [`crate::kind`]); unset, the tests use the test control plane.
+static MANAGEMENT: OnceLock<PathBuf> = OnceLock::new();
+
+/// The test control plane's build directory (binaries, manifests), found without starting it.
+static BUILD_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+/// Points every helper of this test binary at the management cluster of `kubeconfig` instead
+/// of the test control plane. Once per binary, before the first [`client`].
+pub fn use_management(kubeconfig: PathBuf) {
+    let set = MANAGEMENT.get_or_init(|| kubeconfig.clone());
+    assert_eq!(
+        set, &kubeconfig,
+        "this test binary already uses another management cluster"
+    );
+}
+
+/// The admin kubeconfig of the management cluster the tests run against.
+pub fn kubeconfig() -> PathBuf {
+    MANAGEMENT
+        .get()
+        .cloned()
+        .unwrap_or_else(|| env().kubeconfig.clone())
+}
+
+/// Where the processes a test starts (controller, stand-in CVO) write their logs: `logs/`
+/// beside [`kubeconfig`].
+pub fn log_dir() -> PathBuf {
+    let dir = kubeconfig()
+        .parent()
+        .expect("a kubeconfig's directory")
+        .join("logs");
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+    dir
+}
+
+/// The test control plane's build directory (`tests/e2e/testenv/build.sh`, cached), whether or
+/// not the control plane runs: its helm and kubectl, CAPI's binaries and manifests.
+pub fn build_dir() -> PathBuf {
+    if let Some(Ok(env)) = ENV.get() {
+        return env.build_dir.clone();
+    }
+    BUILD_DIR
+        .get_or_init(|| {
+            testenv::Config::from_env()
+                .and_then(|cfg| testenv::build(&cfg))
+                .unwrap_or_else(|e| panic!("tests/e2e/testenv/build.sh: {e:#}"))
+        })
+        .clone()
+}
 
 /// The running environment, started on first use. Panics (failing the test) when it cannot be
 /// brought up, with the tail of every process log in the message.
@@ -29,12 +81,13 @@ pub fn env() -> &'static Running {
     }
 }
 
-/// A client for the environment's admin kubeconfig, bound to the calling test's runtime.
+/// A client for the management cluster's admin kubeconfig (the test control plane's unless
+/// [`use_management`] said otherwise), bound to the calling test's runtime.
 pub async fn client() -> kube::Client {
-    let env = env();
-    testenv::client_from(&env.kubeconfig)
+    let kubeconfig = kubeconfig();
+    testenv::client_from(&kubeconfig)
         .await
-        .expect("building a client from the testenv kubeconfig")
+        .unwrap_or_else(|e| panic!("building a client from {}: {e:#}", kubeconfig.display()))
 }
 
 /// A test's own namespace, and what else the test made outside it, deleted when the test ends:
@@ -138,7 +191,7 @@ impl Drop for TestNamespace {
             std::mem::take(&mut self.others),
             std::mem::take(&mut self.matrices),
         );
-        let kubeconfig = env().kubeconfig.clone();
+        let kubeconfig = kubeconfig();
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -158,7 +211,12 @@ impl Drop for TestNamespace {
 /// controller may be gone), then deletes the matrices and the namespaces. The namespace and
 /// garbage-collector controllers remove the contents, and CAPI's own finalizers tear down
 /// clusters in them. Best effort: what is already gone is fine.
-async fn teardown(client: &kube::Client, name: &str, others: &[String], matrices: &[String]) {
+pub(crate) async fn teardown(
+    client: &kube::Client,
+    name: &str,
+    others: &[String],
+    matrices: &[String],
+) {
     let requests: Api<upgrade_controller::api::UpgradeRequest> =
         Api::namespaced(client.clone(), name);
     if let Ok(list) = requests.list(&Default::default()).await {

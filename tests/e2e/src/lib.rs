@@ -24,6 +24,7 @@ pub mod gitops;
 pub mod guard;
 pub mod harness;
 pub mod image;
+pub mod kind;
 pub mod kube_ovn;
 pub mod platform;
 pub mod project;

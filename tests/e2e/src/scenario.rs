@@ -8,7 +8,9 @@
 //!   kubelets report no version, so a node's version is its Machine's.
 //! - [`Backend::Docker`]: CAPD's docker backend with real kubeadm nodes in containers of the
 //!   node images `tests/e2e/kind/build-images.sh` builds (`make e2e-kind`); each node's kubelet
-//!   must also report the hop's version itself.
+//!   must also report the hop's version itself. The management cluster is then a kind cluster
+//!   ([`crate::kind`]) with Cluster API in pods, and the controller runs there as its Helm chart
+//!   installs it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
@@ -58,17 +60,8 @@ pub struct KindImages {
     pub etcd_tag: String,
     /// Node image per Kubernetes release of `tests/e2e/kind/versions.env`, in order.
     pub nodes: Vec<(String, String)>,
-}
-
-/// kubeadm's CoreDNS for each minor (cmd/kubeadm/app/constants), which KCP's webhook accepts
-/// as a CoreDNS version. CoreDNS itself is not deployed (fixture `docker-cluster.yaml`).
-fn coredns_of(minor: u64) -> &'static str {
-    match minor {
-        31 => "v1.11.1",
-        32 => "v1.11.3",
-        33 => "v1.12.0",
-        _ => "v1.12.1",
-    }
+    /// upgrade-controller's image, loaded into the kind management cluster.
+    pub controller_image: String,
 }
 
 fn run_script(args: &[&str]) -> String {
@@ -87,15 +80,17 @@ fn run_script(args: &[&str]) -> String {
     String::from_utf8(out.stdout).expect("script output is UTF-8")
 }
 
-/// The Kubernetes releases of the scenario, one per minor: `KIND_KUBERNETES_VERSIONS` of
-/// `tests/e2e/kind/versions.env`, which both backends use.
-fn kind_versions() -> Vec<String> {
+/// A space-separated list of `tests/e2e/kind/versions.env`, which both backends use:
+/// `KIND_KUBERNETES_VERSIONS` (one release per minor) or `KIND_COREDNS_VERSIONS` (kubeadm's
+/// CoreDNS of each, which KCP's webhook accepts and, on real nodes, deploys).
+fn kind_versions(key: &str) -> Vec<String> {
     let path = project::repo_root().join("tests/e2e/kind/versions.env");
     let text = std::fs::read_to_string(&path)
         .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let prefix = format!("{key}=");
     text.lines()
-        .find_map(|l| l.strip_prefix("KIND_KUBERNETES_VERSIONS="))
-        .expect("versions.env sets KIND_KUBERNETES_VERSIONS")
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| panic!("versions.env sets no {key}"))
         .trim_matches('"')
         .split_whitespace()
         .map(str::to_string)
@@ -103,17 +98,11 @@ fn kind_versions() -> Vec<String> {
 }
 
 impl KindImages {
-    /// Builds the images (a no-op when they are cached) and starts the Docker API that the
-    /// test control plane's CAPD uses ([`testenv::KIND_DOCKER_HOST`]). Fails, never skips,
-    /// when either cannot be done here.
-    pub fn prepare() -> Self {
-        let env_file = run_script(&["tests/e2e/kind/build-images.sh"]);
-        let docker_host = run_script(&["tests/e2e/kind/podman-service.sh", "up"]);
-        assert_eq!(
-            docker_host.trim(),
-            format!("DOCKER_HOST={}", testenv::KIND_DOCKER_HOST),
-            "the Docker API is not where the test control plane's CAPD looks for it"
-        );
+    /// Builds the node and load-balancer images (a no-op when they are cached) and, on a host
+    /// with Docker, copies them into Docker (`management.sh images`); the controller runs
+    /// `controller_image`. Fails, never skips, when they cannot be built here.
+    pub fn prepare(controller_image: &str) -> Self {
+        let env_file = run_script(&["tests/e2e/kind/management.sh", "images"]);
         let text = std::fs::read_to_string(env_file.trim())
             .unwrap_or_else(|e| panic!("reading {}: {e}", env_file.trim()));
         let vars: BTreeMap<&str, &str> = text.lines().filter_map(|l| l.split_once('=')).collect();
@@ -122,7 +111,7 @@ impl KindImages {
                 .unwrap_or_else(|| panic!("{} names no {k}", env_file.trim()))
                 .to_string()
         };
-        let nodes = kind_versions()
+        let nodes = kind_versions("KIND_KUBERNETES_VERSIONS")
             .into_iter()
             .map(|v| {
                 let minor = v.rsplit_once('.').unwrap().0.replace('.', "_");
@@ -135,6 +124,7 @@ impl KindImages {
             lb_tag: get("UC_KIND_LB_TAG"),
             etcd_tag: get("UC_KIND_ETCD_TAG"),
             nodes,
+            controller_image: controller_image.to_string(),
         }
     }
 }
@@ -150,7 +140,7 @@ impl Backend {
     /// The four rows, ACP 4.0 to 4.3, one minor each.
     pub fn rows(&self) -> Vec<Row> {
         let releases: Vec<(String, String, String)> = match self {
-            Backend::InMemory => kind_versions()
+            Backend::InMemory => kind_versions("KIND_KUBERNETES_VERSIONS")
                 .into_iter()
                 .map(|v| {
                     let image = format!("in-memory-{v}");
@@ -164,12 +154,15 @@ impl Backend {
                 .collect(),
         };
         assert_eq!(releases.len(), 4, "one release per minor, 1.31 to 1.34");
+        let corednses = kind_versions("KIND_COREDNS_VERSIONS");
+        assert_eq!(corednses.len(), 4, "one CoreDNS version per release");
         releases
             .into_iter()
+            .zip(corednses)
             .enumerate()
-            .map(|(i, (k8s, image, etcd))| Row {
+            .map(|(i, ((k8s, image, etcd), coredns))| Row {
                 dv: format!("4.{i}.0"),
-                coredns: coredns_of(engine::minor(&k8s)).into(),
+                coredns,
                 k8s,
                 image,
                 etcd,
@@ -248,6 +241,71 @@ pub async fn workload_client(
     let config =
         kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await?;
     Ok(kube::Client::try_from(config)?)
+}
+
+/// kubeadm's two addons in the workload cluster, as KCP keeps them: the kube-proxy DaemonSet's
+/// image and the CoreDNS Deployment's, each with whether every pod of it is updated and Ready.
+#[derive(Debug, PartialEq)]
+pub struct Addons {
+    pub kube_proxy: (String, bool),
+    pub coredns: (String, bool),
+}
+
+async fn addons(workload: &kube::Client) -> anyhow::Result<Addons> {
+    use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+    let image = |spec: Option<&k8s_openapi::api::core::v1::PodTemplateSpec>| {
+        spec.and_then(|t| t.spec.as_ref())
+            .and_then(|s| s.containers.first())
+            .and_then(|c| c.image.clone())
+            .unwrap_or_default()
+    };
+    let ds = Api::<DaemonSet>::namespaced(workload.clone(), "kube-system")
+        .get("kube-proxy")
+        .await?;
+    let ds_status = ds.status.clone().unwrap_or_default();
+    let ds_done = ds_status.observed_generation == ds.metadata.generation
+        && ds_status.desired_number_scheduled > 0
+        && ds_status.updated_number_scheduled == Some(ds_status.desired_number_scheduled)
+        && ds_status.number_ready == ds_status.desired_number_scheduled;
+    let dep = Api::<Deployment>::namespaced(workload.clone(), "kube-system")
+        .get("coredns")
+        .await?;
+    let dep_done = crate::kind::rolled_out(&dep);
+    Ok(Addons {
+        kube_proxy: (image(ds.spec.as_ref().map(|s| &s.template)), ds_done),
+        coredns: (image(dep.spec.as_ref().map(|s| &s.template)), dep_done),
+    })
+}
+
+/// Waits until the workload cluster's kube-proxy runs `registry.k8s.io/kube-proxy:<k8s>` and
+/// its CoreDNS `registry.k8s.io/coredns/coredns:<coredns>`, every pod updated and Ready.
+async fn wait_addons(
+    client: &kube::Client,
+    ns: &str,
+    k8s: &str,
+    coredns: &str,
+    timeout: Duration,
+) -> Addons {
+    let want = Addons {
+        kube_proxy: (format!("registry.k8s.io/kube-proxy:{k8s}"), true),
+        coredns: (format!("registry.k8s.io/coredns/coredns:{coredns}"), true),
+    };
+    let start = Instant::now();
+    let mut last = None;
+    loop {
+        if let Ok(w) = workload_client(client, ns, CLUSTER).await {
+            match addons(&w).await {
+                Ok(a) if a == want => return a,
+                Ok(a) => last = Some(format!("{a:?}")),
+                Err(e) => last = Some(format!("{e:#}")),
+            }
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "the workload cluster's addons are not {want:?} within {timeout:?}; last seen: {last:?}"
+        );
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
 }
 
 /// Samples the workload cluster once a second until dropped, keeping each distinct picture.
@@ -336,6 +394,13 @@ impl NodeRecorder {
     }
 }
 
+/// The controller of a run: a process on this machine (the test control plane), or the Helm
+/// release in the kind management cluster; stopped (killed, or uninstalled) on drop.
+enum Running {
+    Process { _controller: Controller },
+    Chart { _release: crate::chart::Installed },
+}
+
 /// What one run measured.
 #[derive(Debug)]
 pub struct Report {
@@ -419,6 +484,20 @@ pub async fn upgrade_one_minor_at_a_time(backend: &Backend, prefix: &str) -> Rep
         kubelet_access::BINDING
     );
 
+    // On real nodes kubeadm's addons run too, at the first row's versions.
+    let real_nodes = matches!(backend, Backend::Docker(_));
+    if real_nodes {
+        let a = wait_addons(
+            &client,
+            &ns,
+            &rows[0].k8s,
+            &rows[0].coredns,
+            Duration::from_secs(300),
+        )
+        .await;
+        eprintln!("[{}] addons before the upgrade: {a:?}", backend.name());
+    }
+
     let recorder = NodeRecorder::start(&client, &ns);
     let platform = Platform::start(&client, &ns, CLUSTER, &rows[0].dv, &rows[last].dv).await;
     ns.delete_with(&platform.namespace);
@@ -430,7 +509,20 @@ pub async fn upgrade_one_minor_at_a_time(backend: &Backend, prefix: &str) -> Rep
         json!({"clusterName": CLUSTER, "targetVersion": "4.3", "matrixRef": matrix_name}),
     )
     .await;
-    let controller = Controller::start_with(&ns, &platform.controller_args());
+    let controller = match backend {
+        Backend::InMemory => Running::Process {
+            _controller: Controller::start_with(&ns, &platform.controller_args()),
+        },
+        Backend::Docker(images) => Running::Chart {
+            _release: crate::kind::install_controller(
+                &client,
+                &ns,
+                &images.controller_image,
+                &platform,
+            )
+            .await,
+        },
+    };
     let upgrade_started = Instant::now();
     // Two rollouts (control plane, workers) per hop.
     let rollouts = 2 * (rows.len() as u32 - 1);
@@ -443,6 +535,14 @@ pub async fn upgrade_one_minor_at_a_time(backend: &Backend, prefix: &str) -> Rep
     .await;
     let upgrade = upgrade_started.elapsed();
     let status = ur.status.clone().unwrap();
+    if status.phase != Some(Phase::Succeeded) && matches!(backend, Backend::Docker(_)) {
+        eprintln!(
+            "the controller's pods:\n{}\nCluster API's:\n{}",
+            crate::kind::pods_report(&client, &ns, "app.kubernetes.io/name=upgrade-controller")
+                .await,
+            crate::kind::pods_report(&client, crate::kind::CAPI_NAMESPACE, "app").await
+        );
+    }
     assert_eq!(
         status.phase,
         Some(Phase::Succeeded),
@@ -455,6 +555,39 @@ pub async fn upgrade_one_minor_at_a_time(backend: &Backend, prefix: &str) -> Rep
     let snapshots = recorder.snapshots.lock().unwrap().clone();
     let failed_reads = recorder.failed_reads.load(Ordering::Relaxed);
     drop(recorder);
+
+    // KCP moves kube-proxy to each hop's version once its control plane has rolled. CoreDNS it
+    // leaves alone: the controller writes the row's tag but annotates skip-coredns, since the
+    // platform's providers reconcile CoreDNS themselves (DOMAIN.md §5; CAPD does not). After
+    // the last hop: kube-proxy at the last row's version, CoreDNS still the first row's, every
+    // pod of both Ready on the new nodes, and the KCP carrying the last row's tag.
+    if real_nodes {
+        let a = wait_addons(
+            &client,
+            &ns,
+            &rows[last].k8s,
+            &rows[0].coredns,
+            Duration::from_secs(300),
+        )
+        .await;
+        eprintln!("[{}] addons after the upgrade: {a:?}", backend.name());
+        let kcp =
+            serde_json::to_value(capi::kcp_api(&client, &ns).get(KCP).await.unwrap()).unwrap();
+        assert_eq!(
+            kcp["spec"]["kubeadmConfigSpec"]["clusterConfiguration"]["dns"]["imageTag"],
+            json!(rows[last].coredns),
+            "[{}] the KubeadmControlPlane's CoreDNS tag",
+            backend.name()
+        );
+        assert!(
+            kcp["metadata"]["annotations"]
+                .get(upgrade_controller::capi::SKIP_COREDNS_ANNOTATION)
+                .is_some(),
+            "[{}] the KubeadmControlPlane lacks {}",
+            backend.name(),
+            upgrade_controller::capi::SKIP_COREDNS_ANNOTATION
+        );
+    }
 
     let binding = kubelet_binding().await.unwrap_or_else(|| {
         panic!(
@@ -504,7 +637,7 @@ pub async fn upgrade_one_minor_at_a_time(backend: &Backend, prefix: &str) -> Rep
 
     // From the workload cluster's API: for each version of the chain, a moment when every
     // node ran it; each hop's nodes are all new; the moments come in the chain's order.
-    let kubelets_report = matches!(backend, Backend::Docker(_));
+    let kubelets_report = real_nodes;
     let mut nodes: Vec<(String, BTreeSet<String>)> = Vec::new();
     let mut after = None;
     for row in &rows {

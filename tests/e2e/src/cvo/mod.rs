@@ -117,13 +117,8 @@ impl StandInCvo {
 
     /// [`StandInCvo::start`] with extra flags (`--poll-ms`, `--stage-seconds`).
     pub fn start_with(namespace: &str, extra: &[&str]) -> Self {
-        let env = harness::env();
         let bin = project::binary("e2e", "stand-in-cvo");
-        let log = env
-            .kubeconfig
-            .parent()
-            .expect("state dir")
-            .join(format!("logs/stand-in-cvo-{namespace}.log"));
+        let log = harness::log_dir().join(format!("stand-in-cvo-{namespace}.log"));
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -132,7 +127,7 @@ impl StandInCvo {
         let child = Command::new(bin)
             .args(["--namespace", namespace])
             .args(extra)
-            .env("KUBECONFIG", &env.kubeconfig)
+            .env("KUBECONFIG", harness::kubeconfig())
             .stdin(Stdio::null())
             .stdout(out.try_clone().expect("log handle"))
             .stderr(out)

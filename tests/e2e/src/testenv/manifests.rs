@@ -98,6 +98,39 @@ pub async fn install_crds(
 /// an in-cluster Service) to call `https://127.0.0.1:<port><path>` with `ca_pem` as the CA, and
 /// names them after the provider, as kustomize's namePrefix does in a real install.
 pub fn localize_webhooks(docs: Vec<Value>, provider: &str, port: u16, ca_pem: &str) -> Vec<Value> {
+    webhooks_calling(
+        docs,
+        provider,
+        ca_pem,
+        |path| json!({"url": format!("https://127.0.0.1:{port}{path}")}),
+    )
+}
+
+/// One provider's webhook configurations pointed at its Service `namespace/service` (port 443),
+/// as clusterctl installs them, with `ca_pem` as the CA and the provider's name prefix.
+pub fn service_webhooks(
+    docs: Vec<Value>,
+    provider: &str,
+    namespace: &str,
+    service: &str,
+    ca_pem: &str,
+) -> Vec<Value> {
+    webhooks_calling(
+        docs,
+        provider,
+        ca_pem,
+        |path| json!({"service": {"name": service, "namespace": namespace, "path": path, "port": 443}}),
+    )
+}
+
+/// The webhook configurations among `docs`, renamed `<provider>-<name>`, each webhook's
+/// `clientConfig` made by `target` from its path, with the CA bundle of `ca_pem`.
+fn webhooks_calling(
+    docs: Vec<Value>,
+    provider: &str,
+    ca_pem: &str,
+    target: impl Fn(&str) -> Value,
+) -> Vec<Value> {
     let ca_bundle = base64::engine::general_purpose::STANDARD.encode(ca_pem);
     docs.into_iter()
         .filter(|d| {
@@ -116,10 +149,9 @@ pub fn localize_webhooks(docs: Vec<Value>, provider: &str, port: u16, ca_pem: &s
                         .as_str()
                         .unwrap_or("/")
                         .to_string();
-                    hook["clientConfig"] = json!({
-                        "url": format!("https://127.0.0.1:{port}{path}"),
-                        "caBundle": ca_bundle,
-                    });
+                    let mut config = target(&path);
+                    config["caBundle"] = json!(ca_bundle);
+                    hook["clientConfig"] = config;
                 }
             }
             d
@@ -142,6 +174,11 @@ fn plural(kind: &str) -> String {
 
 /// Server-side applies cluster-scoped objects given as JSON (webhook configurations).
 pub async fn apply_cluster_scoped(client: &kube::Client, objects: &[Value]) -> Result<()> {
+    apply(client, objects).await
+}
+
+/// Server-side applies objects given as JSON, each in its `metadata.namespace` when it has one.
+pub async fn apply(client: &kube::Client, objects: &[Value]) -> Result<()> {
     for obj in objects {
         let api_version = obj["apiVersion"]
             .as_str()
@@ -152,7 +189,10 @@ pub async fn apply_cluster_scoped(client: &kube::Client, objects: &[Value]) -> R
             &GroupVersionKind::gvk(group, version, kind),
             &plural(kind),
         );
-        let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
+        let api: Api<DynamicObject> = match obj["metadata"]["namespace"].as_str() {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+            None => Api::all_with(client.clone(), &ar),
+        };
         let name = obj["metadata"]["name"]
             .as_str()
             .context("object without name")?;
@@ -204,5 +244,30 @@ mod tests {
         assert_eq!(cc["caBundle"], "UEVN");
         assert!(cc.get("service").is_none());
         assert_eq!(out[0]["webhooks"][0]["sideEffects"], "None");
+
+        let out = service_webhooks(docs_again(), "capd", "capi-system", "capd-webhook", "PEM");
+        let cc = &out[0]["webhooks"][0]["clientConfig"];
+        assert_eq!(
+            out[0]["metadata"]["name"],
+            "capd-validating-webhook-configuration"
+        );
+        assert_eq!(
+            cc["service"],
+            json!({"name": "capd-webhook", "namespace": "capi-system", "port": 443,
+                "path": "/validate-controlplane-cluster-x-k8s-io-v1beta1-kubeadmcontrolplane"})
+        );
+        assert_eq!(cc["caBundle"], "UEVN");
+        assert!(cc.get("url").is_none());
+    }
+
+    fn docs_again() -> Vec<Value> {
+        vec![json!({
+            "kind": "ValidatingWebhookConfiguration",
+            "metadata": {"name": "validating-webhook-configuration"},
+            "webhooks": [{"clientConfig": {"service": {
+                "name": "webhook-service", "namespace": "system",
+                "path": "/validate-controlplane-cluster-x-k8s-io-v1beta1-kubeadmcontrolplane"
+            }}}]
+        })]
     }
 }

@@ -25,7 +25,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
-pub use manifests::{apply_cluster_scoped, install_crds, read_yaml_docs};
+pub use manifests::{apply, apply_cluster_scoped, install_crds, read_yaml_docs, service_webhooks};
+pub use pki::serving_pair;
 use process::Spec;
 
 /// The Cluster API managers, in start order, with the webhook manifest each serves.
@@ -38,9 +39,6 @@ const MANAGERS: [(&str, &str); 4] = [
     ),
     ("capd-manager", "capd"),
 ];
-
-/// The Docker API CAPD's docker backend uses by default: `tests/e2e/kind/podman-service.sh`'s.
-pub const KIND_DOCKER_HOST: &str = "unix:///run/upgrade-controller/podman.sock";
 
 /// Flux's kustomize-controller (its binary, process and log name).
 const KUSTOMIZE_CONTROLLER: &str = "kustomize-controller";
@@ -656,12 +654,8 @@ fn start(cfg: &Config, build_dir: &Path) -> Result<Running> {
             // CAPD's in-memory backend serves each fake workload cluster's API server and
             // etcd on POD_IP; outside a pod that must be set explicitly.
             env.push(("POD_IP", "127.0.0.1".into()));
-            // Its docker backend (the kind + CAPD suite, tests/e2e/kind/) talks to the Docker
-            // API that tests/e2e/kind/podman-service.sh serves, unless DOCKER_HOST names
-            // another (a real Docker daemon). Nothing connects until a DockerCluster exists.
-            if std::env::var_os("DOCKER_HOST").is_none() {
-                env.push(("DOCKER_HOST", KIND_DOCKER_HOST.into()));
-            }
+            // Its docker backend runs in the kind + CAPD suite's own management cluster
+            // (tests/e2e/src/kind.rs), not here.
         }
         let pid = launch(
             Spec {

@@ -51,17 +51,7 @@ pub fn generate(dir: &Path) -> Result<Pki> {
     std::fs::create_dir_all(&pki.webhook_cert_dir)
         .with_context(|| format!("creating {}", pki.webhook_cert_dir.display()))?;
 
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "upgrade-controller-testenv-ca");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
+    let ca = new_ca("upgrade-controller-testenv-ca")?;
     write(&pki.ca_cert, &ca.pem())?;
 
     // kube-apiserver: loopback plus the in-cluster names of the `kubernetes` Service, so a
@@ -114,6 +104,35 @@ pub fn generate(dir: &Path) -> Result<Pki> {
     Ok(pki)
 }
 
+/// A fresh CA and a serving certificate for `sans` signed by it, in memory, as PEM:
+/// (CA certificate, certificate, key). For webhook servers in a cluster (the kind suite's CAPI
+/// managers), where no cert-manager runs.
+pub fn serving_pair(common_name: &str, sans: Vec<String>) -> Result<(String, String, String)> {
+    let ca = new_ca(&format!("{common_name}-ca"))?;
+    let (cert, key) = signed(
+        &ca,
+        sans,
+        common_name,
+        None,
+        ExtendedKeyUsagePurpose::ServerAuth,
+    )?;
+    Ok((ca.pem(), cert, key))
+}
+
+fn new_ca(common_name: &str) -> Result<CertifiedIssuer<'static, KeyPair>> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    Ok(CertifiedIssuer::self_signed(params, KeyPair::generate()?)?)
+}
+
 fn leaf(
     ca: &CertifiedIssuer<'_, KeyPair>,
     sans: Vec<String>,
@@ -123,6 +142,19 @@ fn leaf(
     cert_path: &Path,
     key_path: &Path,
 ) -> Result<()> {
+    let (cert, key) = signed(ca, sans, common_name, organization, usage)?;
+    write(cert_path, &cert)?;
+    write(key_path, &key)
+}
+
+/// A certificate for `sans` signed by `ca` and its new key, as PEM.
+fn signed(
+    ca: &CertifiedIssuer<'_, KeyPair>,
+    sans: Vec<String>,
+    common_name: &str,
+    organization: Option<&str>,
+    usage: ExtendedKeyUsagePurpose,
+) -> Result<(String, String)> {
     let mut params = CertificateParams::new(sans)?;
     params
         .distinguished_name
@@ -139,8 +171,7 @@ fn leaf(
     params.extended_key_usages = vec![usage];
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, ca)?;
-    write(cert_path, &cert.pem())?;
-    write(key_path, &key.serialize_pem())
+    Ok((cert.pem(), key.serialize_pem()))
 }
 
 fn write(path: &Path, contents: &str) -> Result<()> {
