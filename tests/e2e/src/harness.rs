@@ -208,15 +208,16 @@ impl Drop for TestNamespace {
 }
 
 /// Releases the controller's finalizer from every UpgradeRequest of `name` (the test's
-/// controller may be gone), then deletes the matrices and the namespaces. The namespace and
-/// garbage-collector controllers remove the contents, and CAPI's own finalizers tear down
-/// clusters in them. Best effort: what is already gone is fine.
+/// controller may be gone), deletes its Clusters ([`delete_clusters`]), then the matrices and
+/// the namespaces. The namespace and garbage-collector controllers remove the rest. Best
+/// effort: what is already gone is fine.
 pub(crate) async fn teardown(
     client: &kube::Client,
     name: &str,
     others: &[String],
     matrices: &[String],
 ) {
+    delete_clusters(client, name, CLUSTER_DELETION).await;
     let requests: Api<upgrade_controller::api::UpgradeRequest> =
         Api::namespaced(client.clone(), name);
     if let Ok(list) = requests.list(&Default::default()).await {
@@ -238,5 +239,67 @@ pub(crate) async fn teardown(
     let namespaces = Api::<Namespace>::all(client.clone());
     for ns in std::iter::once(name).chain(others.iter().map(String::as_str)) {
         let _ = namespaces.delete(ns, &Default::default()).await;
+    }
+}
+
+/// How long [`teardown`] waits for a docker-backed Cluster to go before it deletes the
+/// namespace anyway (CAPD removes a two-node cluster in well under a minute).
+const CLUSTER_DELETION: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Deletes every Cluster of namespace `ns` and waits, up to `timeout`, until those on CAPD's
+/// docker backend are gone.
+///
+/// Cluster API's book ("Deleting a cluster") says to delete the Cluster object, never the
+/// namespace or the manifests: the Cluster controller deletes the workers, then the control
+/// plane, and the infrastructure cluster last. A namespace deletion marks them all at once,
+/// and on CAPD's docker backend that strands the control-plane node: the DockerCluster's
+/// finalizer removes the load balancer container while the control-plane Machine is still
+/// being deleted; the DockerMachine's deletion then removes its node container and fails to
+/// reconfigure the load balancer ("load balancer container does not exists", CAPD
+/// `LoadBalancer.UpdateConfiguration`) on every retry. Its finalizer stays, and so do the
+/// Machine, the KubeadmControlPlane, the Cluster and the namespace, Terminating for good
+/// (seen here: a namespace still held by those four objects after CAPD had removed every
+/// container). In-memory clusters have no load balancer and are not waited for.
+/// Best effort, as [`teardown`]: a cluster still there at `timeout` is left to the namespace
+/// deletion, with a line on stderr.
+pub async fn delete_clusters(client: &kube::Client, ns: &str, timeout: std::time::Duration) {
+    use kube::api::{DeleteParams, ListParams};
+    let clusters = crate::capi::api(client, ns, crate::capi::CLUSTER_V1BETA1, "Cluster");
+    let Ok(list) = clusters.list(&ListParams::default()).await else {
+        return;
+    };
+    let docker_backed = |c: &kube::api::DynamicObject| {
+        c.data
+            .pointer("/spec/infrastructureRef/kind")
+            .and_then(|k| k.as_str())
+            == Some("DockerCluster")
+    };
+    let mut waited = Vec::new();
+    for c in &list.items {
+        let name = c.metadata.name.clone().unwrap_or_default();
+        let _ = clusters.delete(&name, &DeleteParams::default()).await;
+        if docker_backed(c) {
+            waited.push(name);
+        }
+    }
+    let start = std::time::Instant::now();
+    while !waited.is_empty() {
+        let mut left = Vec::new();
+        for name in waited {
+            if !matches!(clusters.get_opt(&name).await, Ok(None)) {
+                left.push(name);
+            }
+        }
+        waited = left;
+        if waited.is_empty() {
+            return;
+        }
+        if start.elapsed() > timeout {
+            eprintln!(
+                "teardown: Clusters {waited:?} of namespace {ns} not gone within {timeout:?}; deleting the namespace anyway"
+            );
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     }
 }

@@ -18,7 +18,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Namespace, Pod};
 use kube::api::{Api, ListParams, LogParams};
 use serde_json::{Value, json};
 
@@ -334,48 +334,89 @@ async fn wait_webhook_answers(
     }
 }
 
-/// Deletes the namespaces named `<prefix>*` (an earlier run's, and its platform namespace) and
-/// waits until they are gone; a stuck one fails with what holds it.
+/// Deletes the namespaces named `<prefix>*` (an earlier run's, and its platform namespace),
+/// their Clusters first ([`harness::teardown`]), and waits until they are gone
+/// ([`wait_namespaces_gone`]). One already Terminating is only waited for.
 pub async fn delete_leftover_namespaces(client: &kube::Client, prefix: &str, timeout: Duration) {
-    use k8s_openapi::api::core::v1::Namespace;
-    let api: Api<Namespace> = Api::all(client.clone());
-    let leftovers = || async {
-        api.list(&ListParams::default())
-            .await
-            .expect("listing namespaces")
-            .items
-            .into_iter()
-            .filter(|n| {
-                n.metadata
-                    .name
-                    .as_deref()
-                    .is_some_and(|n| n.starts_with(prefix))
-            })
-            .collect::<Vec<_>>()
-    };
-    for ns in &leftovers().await {
+    for ns in &namespaces_named(client, prefix).await {
         let name = ns.metadata.name.clone().unwrap_or_default();
+        if ns.metadata.deletion_timestamp.is_some() {
+            eprintln!("namespace {name}, left by an earlier run, is being deleted");
+            continue;
+        }
         eprintln!("deleting namespace {name}, left by an earlier run");
         // Its requests' finalizer belongs to a controller that is gone: released, as a failed
         // test's teardown does.
         harness::teardown(client, &name, &[], &[]).await;
     }
+    wait_namespaces_gone(client, prefix, timeout).await;
+}
+
+/// Waits until no namespace named `<prefix>*` is left. One still there at `timeout` fails the
+/// test with its status (what it still holds) and, for a control-plane DockerMachine CAPD can
+/// no longer delete, the command that releases it.
+pub async fn wait_namespaces_gone(client: &kube::Client, prefix: &str, timeout: Duration) {
     let start = Instant::now();
     loop {
-        let left = leftovers().await;
+        let left = namespaces_named(client, prefix).await;
         if left.is_empty() {
             return;
         }
         if start.elapsed() > timeout {
-            panic!(
-                "namespaces of an earlier run not gone within {timeout:?}: {:?}",
-                left.iter()
-                    .map(|n| (n.metadata.name.clone(), n.status.clone()))
-                    .collect::<Vec<_>>()
-            );
+            let mut report = String::new();
+            for ns in &left {
+                let name = ns.metadata.name.clone().unwrap_or_default();
+                let conditions = ns
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .map(|cs| {
+                        cs.iter()
+                            .filter(|c| c.status == "True")
+                            .map(|c| format!("{}: {}", c.type_, c.message.as_deref().unwrap_or("")))
+                            .collect::<Vec<_>>()
+                    })
+                    .unwrap_or_default();
+                report.push_str(&format!("\n  {name}: {conditions:?}"));
+                report.push_str(&stuck_docker_machines(client, &name).await);
+            }
+            panic!("namespaces not gone within {timeout:?}:{report}");
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
+}
+
+async fn namespaces_named(client: &kube::Client, prefix: &str) -> Vec<Namespace> {
+    Api::<Namespace>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .expect("listing namespaces")
+        .items
+        .into_iter()
+        .filter(|n| {
+            n.metadata
+                .name
+                .as_deref()
+                .is_some_and(|n| n.starts_with(prefix))
+        })
+        .collect()
+}
+
+/// The DockerMachines of `ns` being deleted, with the fix for the case
+/// [`harness::delete_clusters`] describes (the namespace was deleted before its Cluster).
+async fn stuck_docker_machines(client: &kube::Client, ns: &str) -> String {
+    let machines = crate::capi::api(client, ns, crate::capi::INFRA_V1BETA1, "DockerMachine");
+    let Ok(list) = machines.list(&ListParams::default()).await else {
+        return String::new();
+    };
+    let mut out = String::new();
+    for m in list.items.iter().filter(|m| m.metadata.deletion_timestamp.is_some()) {
+        let name = m.metadata.name.clone().unwrap_or_default();
+        out.push_str(&format!(
+            "\n    DockerMachine {name} is being deleted; if CAPD's log says \"load balancer container does not exists\" and its container is gone, the namespace was deleted before its Cluster, and nothing is left to clean up: `kubectl -n {ns} patch dockermachine {name} --type merge -p '{{\"metadata\":{{\"finalizers\":null}}}}'`"
+        ));
+    }
+    out
 }
 
 fn secret(ca: &str, cert: &str, key: &str) -> Value {

@@ -75,7 +75,10 @@ async fn docker_backed_cluster_upgrades_1_31_to_1_34_on_real_kubeadm_nodes() {
     );
     let report = scenario::upgrade_one_minor_at_a_time(&Backend::Docker(images), "kind").await;
     eprintln!("report: {report:#?}");
-    // Deleting the namespace deletes the Cluster; CAPD removes its containers.
+    // The scenario's teardown deleted the Cluster, then the namespaces: both must go, or the
+    // next run starts with a stuck namespace.
+    e2e::kind::wait_namespaces_gone(&client, "kind-", Duration::from_secs(300)).await;
+    // CAPD removed the cluster's containers with it.
     let start = Instant::now();
     while !cluster_containers().is_empty() {
         assert!(
