@@ -182,6 +182,13 @@ up)
 			    containerPath: $([ "$provider" = podman ] && echo "$node_socket_dir" || echo "$node_socket_dir/$(basename "$socket")")
 		EOF
 		to_engine "$image"
+		# kind mounts the host's /lib/modules into every node, read-only, and the engine
+		# refuses a missing source ("statfs /lib/modules: no such file or directory"): a
+		# kernel with its drivers built in, as on some VMs, has none. An empty one serves.
+		if [ ! -d /lib/modules ]; then
+			log "this host has no /lib/modules, which kind mounts into its node: creating it empty"
+			mkdir -p /lib/modules
+		fi
 		log "creating kind cluster $name from $image"
 		t=$SECONDS
 		# --retain keeps a failed node for its logs (`kind export logs`); `down` removes it.

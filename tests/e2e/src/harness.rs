@@ -249,17 +249,17 @@ const CLUSTER_DELETION: std::time::Duration = std::time::Duration::from_secs(300
 /// Deletes every Cluster of namespace `ns` and waits, up to `timeout`, until those on CAPD's
 /// docker backend are gone.
 ///
-/// Cluster API's book ("Deleting a cluster") says to delete the Cluster object, never the
-/// namespace or the manifests: the Cluster controller deletes the workers, then the control
-/// plane, and the infrastructure cluster last. A namespace deletion marks them all at once,
-/// and on CAPD's docker backend that strands the control-plane node: the DockerCluster's
-/// finalizer removes the load balancer container while the control-plane Machine is still
-/// being deleted; the DockerMachine's deletion then removes its node container and fails to
-/// reconfigure the load balancer ("load balancer container does not exists", CAPD
-/// `LoadBalancer.UpdateConfiguration`) on every retry. Its finalizer stays, and so do the
-/// Machine, the KubeadmControlPlane, the Cluster and the namespace, Terminating for good
-/// (seen here: a namespace still held by those four objects after CAPD had removed every
-/// container). In-memory clusters have no load balancer and are not waited for.
+/// Cluster API tears a cluster down through its Cluster object: deleting it, the Cluster
+/// controller deletes the workers, then the control plane, and the infrastructure cluster
+/// last (`cluster_controller.go`, `reconcileDelete`). A namespace deletion marks them all at once,
+/// and on CAPD's docker backend that strands the control-plane node (reproduced here by
+/// deleting a Running cluster's namespace): the DockerCluster's finalizer removes the load
+/// balancer container while the control-plane DockerMachine is being deleted, whose load
+/// balancer update then fails ("failed to update DockerCluster.loadbalancer configuration");
+/// once the DockerCluster is gone, CAPD's DockerMachine controller stops at "DockerCluster is
+/// not available yet" and never removes its finalizer. The Machine, the KubeadmControlPlane,
+/// the Cluster and the namespace stay Terminating for good, after every container is gone.
+/// In-memory clusters have no load balancer and are not waited for.
 /// Best effort, as [`teardown`]: a cluster still there at `timeout` is left to the namespace
 /// deletion, with a line on stderr.
 pub async fn delete_clusters(client: &kube::Client, ns: &str, timeout: std::time::Duration) {

@@ -410,10 +410,14 @@ async fn stuck_docker_machines(client: &kube::Client, ns: &str) -> String {
         return String::new();
     };
     let mut out = String::new();
-    for m in list.items.iter().filter(|m| m.metadata.deletion_timestamp.is_some()) {
+    for m in list
+        .items
+        .iter()
+        .filter(|m| m.metadata.deletion_timestamp.is_some())
+    {
         let name = m.metadata.name.clone().unwrap_or_default();
         out.push_str(&format!(
-            "\n    DockerMachine {name} is being deleted; if CAPD's log says \"load balancer container does not exists\" and its container is gone, the namespace was deleted before its Cluster, and nothing is left to clean up: `kubectl -n {ns} patch dockermachine {name} --type merge -p '{{\"metadata\":{{\"finalizers\":null}}}}'`"
+            "\n    DockerMachine {name} is being deleted; if its DockerCluster is gone (CAPD's log: \"DockerCluster is not available yet\") and so is its container, the namespace was deleted before its Cluster and nothing is left to clean up; release it with `kubectl -n {ns} patch dockermachine {name} --type merge -p '{{\"metadata\":{{\"finalizers\":null}}}}'`"
         ));
     }
     out
