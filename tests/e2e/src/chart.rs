@@ -58,7 +58,7 @@ impl Release {
     /// objects, then runs the controller as the Deployment would: its args, its
     /// ServiceAccount's token.
     pub async fn run(&self, site: &Site, cluster_scoped: &[Value]) -> Controller {
-        crate::testenv::apply_cluster_scoped(&site.client, cluster_scoped)
+        crate::testenv::apply(&site.client, cluster_scoped)
             .await
             .expect("applying the chart's cluster-scoped objects");
         if crate::capi::create_all(&site.client, &site.ns, &self.namespaced)

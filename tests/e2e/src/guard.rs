@@ -8,7 +8,7 @@ use kube::api::{Api, DeleteParams, DynamicObject};
 use serde_json::{Value, json};
 
 use crate::capi;
-use crate::testenv::{apply_cluster_scoped, read_yaml_docs};
+use crate::testenv::{apply, read_yaml_docs};
 
 /// The shipped policy, and the shipped binding renamed `binding` and limited to namespace `ns`.
 pub fn shipped(ns: &str, binding: &str) -> Vec<Value> {
@@ -42,9 +42,7 @@ impl VersionGuard {
         let docs = shipped(ns, "");
         let policy = docs[0]["metadata"]["name"].as_str().unwrap().to_string();
         let binding = format!("{policy}-{ns}");
-        apply_cluster_scoped(client, &shipped(ns, &binding))
-            .await
-            .unwrap();
+        apply(client, &shipped(ns, &binding)).await.unwrap();
         let kcps = capi::kcp_api(client, ns);
         let by_guard = format!("ValidatingAdmissionPolicy '{policy}'");
         let start = Instant::now();

@@ -29,17 +29,6 @@ pub const CAPI_NAMESPACE: &str = "capi-system";
 const CAPI_SERVICE_ACCOUNT: &str = "capi-managers";
 const WEBHOOK_SECRET: &str = "capi-webhook-serving-cert";
 
-/// Each manager binary with its provider name (the webhook manifest's file, the name prefix).
-const PROVIDERS: [(&str, &str); 4] = [
-    ("capi-manager", "capi"),
-    ("capi-kubeadm-bootstrap-manager", "capi-kubeadm-bootstrap"),
-    (
-        "capi-kubeadm-control-plane-manager",
-        "capi-kubeadm-control-plane",
-    ),
-    ("capd-manager", "capd"),
-];
-
 /// The kind management cluster, up, with the managers' images loaded.
 pub struct Management {
     pub kubeconfig: PathBuf,
@@ -77,7 +66,7 @@ impl Management {
                 .unwrap_or_else(|| panic!("management.sh up printed no {k}:\n{stdout}"))
                 .to_string()
         };
-        let capi_images = PROVIDERS
+        let capi_images = testenv::MANAGERS
             .iter()
             .map(|(m, _)| (m.to_string(), get(&format!("CAPI_IMAGE_{m}"))))
             .collect();
@@ -118,7 +107,7 @@ impl Management {
             .await
             .expect("installing CAPI's CRDs");
 
-        let services: Vec<String> = PROVIDERS
+        let services: Vec<String> = testenv::MANAGERS
             .iter()
             .map(|(_, p)| format!("{p}-webhook-service"))
             .collect();
@@ -171,7 +160,7 @@ impl Management {
                 "subjects": [{"kind": "ServiceAccount", "name": CAPI_SERVICE_ACCOUNT,
                     "namespace": CAPI_NAMESPACE}]}),
         ];
-        for ((manager, provider), service) in PROVIDERS.iter().zip(&services) {
+        for ((manager, provider), service) in testenv::MANAGERS.iter().zip(&services) {
             objects.push(self.deployment(manager, provider));
             objects.push(json!({"apiVersion": "v1", "kind": "Service",
                 "metadata": {"name": service, "namespace": CAPI_NAMESPACE},
@@ -181,14 +170,22 @@ impl Management {
         testenv::apply(client, &objects)
             .await
             .expect("applying the managers");
-        for (_, provider) in PROVIDERS {
-            wait_ready(client, provider, Duration::from_secs(240)).await;
+        for (_, provider) in testenv::MANAGERS {
+            let selector = format!("app={provider}");
+            wait_ready(
+                client,
+                CAPI_NAMESPACE,
+                provider,
+                &selector,
+                Duration::from_secs(240),
+            )
+            .await;
         }
-        for ((_, provider), service) in PROVIDERS.iter().zip(&services) {
+        for ((_, provider), service) in testenv::MANAGERS.iter().zip(&services) {
             let docs = testenv::read_yaml_docs(&manifests.join(format!("webhook/{provider}.yaml")))
                 .expect("reading a provider's webhook manifest");
             let hooks = testenv::service_webhooks(docs, provider, CAPI_NAMESPACE, service, &ca_pem);
-            testenv::apply_cluster_scoped(client, &hooks)
+            testenv::apply(client, &hooks)
                 .await
                 .expect("applying a provider's webhook configurations");
         }
@@ -270,13 +267,10 @@ impl Management {
 /// rejects connections), and a configuration just applied reaches the API server's webhook
 /// dispatcher a moment later.
 const WEBHOOK_PROBES: [(&str, &str); 4] = [
-    ("cluster.x-k8s.io/v1beta1", "Cluster"),
-    ("bootstrap.cluster.x-k8s.io/v1beta1", "KubeadmConfig"),
-    (
-        "controlplane.cluster.x-k8s.io/v1beta1",
-        "KubeadmControlPlane",
-    ),
-    ("infrastructure.cluster.x-k8s.io/v1beta1", "DockerCluster"),
+    (crate::capi::CLUSTER_V1BETA1, "Cluster"),
+    (crate::capi::BOOTSTRAP_V1BETA1, "KubeadmConfig"),
+    (crate::capi::CONTROLPLANE_V1BETA1, "KubeadmControlPlane"),
+    (crate::capi::INFRA_V1BETA1, "DockerCluster"),
 ];
 
 /// Waits until a dry-run create of an empty `kind` is answered three times in a row by the
@@ -431,19 +425,26 @@ fn secret(ca: &str, cert: &str, key: &str) -> Value {
         "data": {"ca.crt": b64(ca), "tls.crt": b64(cert), "tls.key": b64(key)}})
 }
 
-/// Waits until Deployment `name` of [`CAPI_NAMESPACE`] has an up-to-date Ready replica; on
-/// timeout fails with its pods' states and logs.
-async fn wait_ready(client: &kube::Client, name: &str, timeout: Duration) {
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), CAPI_NAMESPACE);
+/// Waits until Deployment `ns/name` has rolled out ([`rolled_out`]) and returns it; on timeout
+/// fails with the states and logs of its pods (those matching `selector`).
+async fn wait_ready(
+    client: &kube::Client,
+    ns: &str,
+    name: &str,
+    selector: &str,
+    timeout: Duration,
+) -> Deployment {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
     let start = Instant::now();
     loop {
-        if rolled_out(&deployments.get(name).await.expect("reading a Deployment")) {
-            return;
+        let d = deployments.get(name).await.expect("reading a Deployment");
+        if rolled_out(&d) {
+            return d;
         }
         if start.elapsed() > timeout {
             panic!(
-                "{CAPI_NAMESPACE}/{name} not Ready within {timeout:?}:\n{}",
-                pods_report(client, CAPI_NAMESPACE, &format!("app={name}")).await
+                "{ns}/{name} not Ready within {timeout:?}:\n{}",
+                pods_report(client, ns, selector).await
             );
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -511,23 +512,10 @@ pub async fn install_controller(
             "cvsh.mapping=namespaced-name".into(),
         ],
     );
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    let replicas = loop {
-        let d = deployments
-            .get(ns)
-            .await
-            .expect("reading the chart's Deployment");
-        if rolled_out(&d) {
-            break d.spec.and_then(|s| s.replicas).unwrap_or(1);
-        }
-        if start.elapsed() > Duration::from_secs(180) {
-            panic!(
-                "the chart's Deployment {ns}/{ns} not Ready within 180 s:\n{}",
-                pods_report(client, ns, &format!("app.kubernetes.io/instance={ns}")).await
-            );
-        }
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    };
+    // The chart's Deployment is named after the release.
+    let selector = format!("app.kubernetes.io/instance={ns}");
+    let d = wait_ready(client, ns, ns, &selector, Duration::from_secs(180)).await;
+    let replicas = d.spec.and_then(|s| s.replicas).unwrap_or(1);
     eprintln!(
         "helm install {ns}: {replicas} replicas of {image} Ready in {:.1?}",
         start.elapsed()

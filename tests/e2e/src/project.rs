@@ -33,7 +33,7 @@ pub async fn install(client: &kube::Client) {
     .expect("installing the test copies of the platform's CRDs");
     let matrix = read_yaml_docs(&repo_root().join("config/samples/os-support-matrix.yaml"))
         .expect("reading the sample matrix");
-    testenv::apply_cluster_scoped(client, &matrix)
+    testenv::apply(client, &matrix)
         .await
         .expect("applying the sample matrix");
 }

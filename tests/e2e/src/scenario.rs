@@ -436,9 +436,7 @@ pub async fn upgrade_one_minor_at_a_time(backend: &Backend, prefix: &str) -> Rep
             row
         }).collect::<Vec<_>>()},
     });
-    testenv::apply_cluster_scoped(&client, &[matrix])
-        .await
-        .unwrap();
+    testenv::apply(&client, &[matrix]).await.unwrap();
 
     let started = Instant::now();
     capi::create_all(&client, &ns, &backend.cluster_objects(&rows[0]))

@@ -104,9 +104,7 @@ impl Site {
             let dv = row["distributionVersion"].as_str().unwrap().to_string();
             row["images"] = json!({"dcs": format!("{ns}-{dv}")});
         }
-        crate::testenv::apply_cluster_scoped(&client, &[matrix])
-            .await
-            .unwrap();
+        crate::testenv::apply(&client, &[matrix]).await.unwrap();
         let cluster = StaticDcsCluster {
             cp_version: from.k8s.into(),
             vm_template: format!("{ns}-{}", from.dv),

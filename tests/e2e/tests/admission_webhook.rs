@@ -13,7 +13,7 @@ use base64::Engine;
 use e2e::capi::{self, CLUSTER_V1BETA1, CONTROLPLANE_V1BETA1, INFRA_V1BETA1};
 use e2e::dcs::StaticDcsCluster;
 use e2e::project::{self, Controller};
-use e2e::testenv::apply_cluster_scoped;
+use e2e::testenv::apply;
 use e2e::{chart, harness};
 use kube::api::{DeleteParams, PostParams};
 use serde_json::{Value, json};
@@ -47,7 +47,7 @@ async fn the_webhook_refuses_a_pool_above_its_control_plane_and_a_template_witho
         let dv = row["distributionVersion"].as_str().unwrap().to_string();
         row["images"] = json!({"dcs": format!("wh-{}-{dv}", ns.name())});
     }
-    apply_cluster_scoped(&client, &[matrix]).await.unwrap();
+    apply(&client, &[matrix]).await.unwrap();
     let matrix_name = ns.name().to_string();
     ns.delete_matrix_with(&matrix_name);
     let image = |dv: &str| format!("wh-{}-{dv}", ns.name());
@@ -106,7 +106,7 @@ async fn the_webhook_refuses_a_pool_above_its_control_plane_and_a_template_witho
         "caBundle": base64::engine::general_purpose::STANDARD.encode(ca),
     });
     hook["namespaceSelector"] = json!({"matchLabels": {"kubernetes.io/metadata.name": ns.name()}});
-    apply_cluster_scoped(&client, &[config]).await.unwrap();
+    apply(&client, &[config]).await.unwrap();
     let configs = chart::webhook_configurations(&client);
 
     // The API server loads a new configuration asynchronously: wait for the first refusal.

@@ -12,7 +12,7 @@ use e2e::flux::{
     Source,
 };
 use e2e::harness;
-use e2e::testenv::apply_cluster_scoped;
+use e2e::testenv::apply;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
@@ -98,7 +98,7 @@ fn data(cm: &ConfigMap, key: &str) -> String {
 /// labelled [`REFUSE_LABEL`]; applied, and in effect when this returns.
 async fn refuse_labelled_config_maps(client: &kube::Client, ns: &str) -> String {
     let name = format!("e2e-flux-refuse-{ns}");
-    apply_cluster_scoped(
+    apply(
         client,
         &[
             json!({

@@ -427,7 +427,7 @@ async fn a_missing_rbac_rule_shows_in_status_with_the_api_servers_message() {
     );
     assert_eq!(condition(&ur, "Ready").1, "Forbidden");
     // Granting the rule is the whole fix.
-    e2e::testenv::apply_cluster_scoped(&site.client, &release.cluster_scoped)
+    e2e::testenv::apply(&site.client, &release.cluster_scoped)
         .await
         .unwrap();
     site.assert_proceeds("up", "v1.34.5-3", "4.3.2").await;

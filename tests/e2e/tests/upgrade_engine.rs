@@ -445,9 +445,7 @@ async fn invalid_requests_stall_with_their_reason_and_change_nothing() {
         .cloned()
         .collect();
     gap["spec"]["rows"] = json!(rows);
-    e2e::testenv::apply_cluster_scoped(&client, &[gap])
-        .await
-        .unwrap();
+    e2e::testenv::apply(&client, &[gap]).await.unwrap();
     let before = snapshot(&client, &ns).await;
 
     let cases = [

@@ -386,7 +386,7 @@ async fn main() -> Result<()> {
             d
         })
         .collect();
-    testenv::apply_cluster_scoped(&client, &rbac).await?;
+    testenv::apply(&client, &rbac).await?;
     let kubeconfig = chart::service_account_kubeconfig(&client, sa_ns, sa_name).await;
 
     // The platform: the global cluster at 4.3.2, a shadow per cluster, one stand-in CVO.
@@ -399,7 +399,7 @@ async fn main() -> Result<()> {
         let dv = row["distributionVersion"].as_str().unwrap().to_string();
         row["images"] = json!({"dcs": format!("bench-{dv}")});
     }
-    testenv::apply_cluster_scoped(&client, &[matrix]).await?;
+    testenv::apply(&client, &[matrix]).await?;
     dcs::stage_images(&client, &["bench-4.1.6", "bench-4.2.5", "bench-4.3.2"]).await?;
     // The DCS provider installed (ProviderReady) at a release that pairs with 4.3.2's images,
     // the only hop the requests make (4.2.5 -> 4.3.2).

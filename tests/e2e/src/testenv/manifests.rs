@@ -172,11 +172,6 @@ fn plural(kind: &str) -> String {
     }
 }
 
-/// Server-side applies cluster-scoped objects given as JSON (webhook configurations).
-pub async fn apply_cluster_scoped(client: &kube::Client, objects: &[Value]) -> Result<()> {
-    apply(client, objects).await
-}
-
 /// Server-side applies objects given as JSON, each in its `metadata.namespace` when it has one.
 pub async fn apply(client: &kube::Client, objects: &[Value]) -> Result<()> {
     for obj in objects {

@@ -25,12 +25,13 @@ use anyhow::{Context, Result, anyhow, bail};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
-pub use manifests::{apply, apply_cluster_scoped, install_crds, read_yaml_docs, service_webhooks};
+pub use manifests::{apply, install_crds, read_yaml_docs, service_webhooks};
 pub use pki::serving_pair;
 use process::Spec;
 
-/// The Cluster API managers, in start order, with the webhook manifest each serves.
-const MANAGERS: [(&str, &str); 4] = [
+/// The Cluster API managers, in start order, each with its provider name (the webhook manifest
+/// it serves, its name prefix).
+pub const MANAGERS: [(&str, &str); 4] = [
     ("capi-manager", "capi"),
     ("capi-kubeadm-bootstrap-manager", "capi-kubeadm-bootstrap"),
     (
@@ -629,7 +630,7 @@ fn start(cfg: &Config, build_dir: &Path) -> Result<Running> {
                     .join(format!("{provider}.yaml")),
             )?;
             let hooks = manifests::localize_webhooks(docs, provider, webhook_port, &ca_pem);
-            manifests::apply_cluster_scoped(&client, &hooks).await?;
+            manifests::apply(&client, &hooks).await?;
         }
         anyhow::Ok(())
     })?;
